@@ -1,0 +1,1 @@
+"""The imageloc server: domain rules, use cases, store and gRPC surface."""

@@ -1,0 +1,79 @@
+"""Domain errors: every refusal the rules can make, each with a stable reason.
+
+Standard library only. The gRPC mapping (imageloc.server.rpc_errors) turns a
+reason into a status code and Glance's HTTP equivalent.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class Reason(enum.StrEnum):
+    """Why a request was refused; sent to callers as ErrorInfo.reason."""
+
+    IMAGE_NOT_FOUND = "IMAGE_NOT_FOUND"
+    IMAGE_STATUS_CONFLICT = "IMAGE_STATUS_CONFLICT"
+    LAST_LOCATION = "LAST_LOCATION"
+    EMPTY_LOCATIONS = "EMPTY_LOCATIONS"
+    LOCATIONS_NOT_EMPTY = "LOCATIONS_NOT_EMPTY"
+    DUPLICATE_LOCATION = "DUPLICATE_LOCATION"
+    INVALID_LOCATION = "INVALID_LOCATION"
+    INVALID_POSITION = "INVALID_POSITION"
+    LOCATION_NOT_FOUND = "LOCATION_NOT_FOUND"
+    LOCATION_QUOTA_EXCEEDED = "LOCATION_QUOTA_EXCEEDED"
+    VALIDATION_DATA_CONFLICT = "VALIDATION_DATA_CONFLICT"
+    INVALID_VALIDATION_DATA = "INVALID_VALIDATION_DATA"
+    MISSING_FORMAT = "MISSING_FORMAT"
+    IMAGE_PROTECTED = "IMAGE_PROTECTED"
+    IMAGE_EXISTS = "IMAGE_EXISTS"
+    INVALID_TRANSITION = "INVALID_TRANSITION"
+    ETAG_MISMATCH = "ETAG_MISMATCH"
+    INVALID_REQUEST = "INVALID_REQUEST"
+
+
+class Action(enum.StrEnum):
+    """What the caller asked for; Glance answers some refusals differently per action."""
+
+    CREATE = "create"
+    GET = "get"
+    LIST = "list"
+    DELETE = "delete"
+    UPLOAD = "upload"
+    COMPLETE_UPLOAD = "complete_upload"
+    FAIL_UPLOAD = "fail_upload"
+    STAGE = "stage"
+    IMPORT = "import"
+    DEACTIVATE = "deactivate"
+    REACTIVATE = "reactivate"
+    ADD_LOCATION = "add_location"
+    REMOVE_LOCATION = "remove_location"
+    REPLACE_LOCATION = "replace_location"
+
+
+class DomainError(Exception):
+    """A refused request.
+
+    `field` names the offending request field for argument errors;
+    `metadata` holds extra lowerCamel facts (index, url, quota...).
+    """
+
+    def __init__(
+        self,
+        reason: Reason,
+        message: str,
+        *,
+        image_id: str = "",
+        image_status: str = "",
+        action: Action | None = None,
+        field: str = "",
+        metadata: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.image_id = image_id
+        self.image_status = image_status
+        self.action = action
+        self.field = field
+        self.metadata = dict(metadata or {})
