@@ -44,7 +44,10 @@ class ImageRepository(Protocol):
 class UnitOfWork(Protocol):
     """One transaction: rolled back on exit unless commit() was called."""
 
-    images: ImageRepository
+    @property
+    def images(self) -> ImageRepository:
+        """The images as this transaction sees them."""
+        ...
 
     def __enter__(self) -> Self: ...
 
@@ -64,3 +67,7 @@ class UnitOfWorkFactory(Protocol):
     """Opens units of work; `for_write` ones take the write lock up front."""
 
     def __call__(self, *, for_write: bool) -> UnitOfWork: ...
+
+
+class StoreUnavailableError(Exception):
+    """The database cannot be reached or refused to work; the call may be retried."""

@@ -1,0 +1,9 @@
+"""The store: SQLModel tables, engines, the image repository and units of work.
+
+It implements the domain's ports (imageloc.server.domain.ports) with SQLAlchemy.
+"""
+
+from imageloc.server.store.repository import SqlImageRepository
+from imageloc.server.store.unit_of_work import SqlStore, SqlUnitOfWork
+
+__all__ = ["SqlImageRepository", "SqlStore", "SqlUnitOfWork"]

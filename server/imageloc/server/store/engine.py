@@ -1,0 +1,133 @@
+"""Engines from a database URL, tuned for SQLite or PostgreSQL; schema creation; health.
+
+Imports sqlalchemy, sqlmodel, the store's tables and the domain's StoreUnavailableError.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, exc, func, make_url, select
+from sqlalchemy.engine import URL
+from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
+from sqlmodel import SQLModel
+
+from imageloc.server.domain.ports import StoreUnavailableError
+from imageloc.server.store.tables import image_locations, images
+
+#: Execution option that makes a connection's next transaction take the write lock up front.
+FOR_WRITE_OPTION = "imageloc_for_write"
+
+#: How long a SQLite connection waits for another writer's lock before giving up.
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+#: Key of the PostgreSQL advisory lock that serializes concurrent schema creation.
+_SCHEMA_LOCK_KEY = 0x1A6E10C
+
+#: Enough pooled connections for the server's worker threads, each holding one per call.
+_POOL_SIZE: dict[str, Any] = {"pool_size": 10, "max_overflow": 10}
+
+
+def create_engine_from_url(url: str) -> Engine:
+    """An engine for url: SQLite (file or in-memory) or PostgreSQL."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return _sqlite_engine(parsed)
+    return create_engine(parsed, pool_pre_ping=True, **_POOL_SIZE)
+
+
+def _is_memory_sqlite(url: URL) -> bool:
+    return (url.database or "") in ("", ":memory:") or url.query.get("mode") == "memory"
+
+
+def _sqlite_engine(url: URL) -> Engine:
+    memory = _is_memory_sqlite(url)
+    engine = create_engine(
+        url,
+        connect_args={"check_same_thread": False},
+        # One shared connection, or each checkout would see its own empty database.
+        **({"poolclass": StaticPool} if memory else _POOL_SIZE),
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+        # The driver's own transaction handling skips BEGIN before SELECT and DDL; turn it
+        # off and emit BEGIN ourselves (SQLAlchemy's documented recipe for pysqlite).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA foreign_keys = ON")
+            if not memory:
+                cursor.execute("PRAGMA journal_mode = WAL")
+                cursor.execute("PRAGMA synchronous = NORMAL")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        # A writer takes the lock before it reads, so read-decide-write is atomic across
+        # processes; a deferred transaction upgraded in WAL mode fails instead of waiting.
+        if connection.get_execution_options().get(FOR_WRITE_OPTION):
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            connection.exec_driver_sql("BEGIN")
+
+    return engine
+
+
+@contextlib.contextmanager
+def translated_errors() -> Iterator[None]:
+    """Raise StoreUnavailableError for failures a retry may cure: lost connection, lock, timeout."""
+    try:
+        yield
+    except (exc.OperationalError, exc.InterfaceError, exc.TimeoutError) as error:
+        raise StoreUnavailableError(str(error).splitlines()[0]) from error
+    except exc.DBAPIError as error:
+        if error.connection_invalidated:
+            raise StoreUnavailableError(str(error).splitlines()[0]) from error
+        raise
+
+
+def connect(engine: Engine, *, for_write: bool) -> Connection:
+    """A connection whose transaction has begun.
+
+    On SQLite a for_write transaction holds the write lock from its start, and a reader's
+    transaction is a snapshot from its first read. PostgreSQL readers get a snapshot too
+    (REPEATABLE READ), so an image and its locations, read by two statements, agree;
+    writers stay READ COMMITTED, where SELECT ... FOR UPDATE waits and then sees the
+    latest committed row.
+    """
+    with translated_errors():
+        connection = engine.connect()
+        try:
+            if for_write:
+                connection.execution_options(**{FOR_WRITE_OPTION: True})
+            elif engine.dialect.name == "postgresql":
+                connection.execution_options(isolation_level="REPEATABLE READ")
+            connection.begin()
+        except BaseException:
+            connection.close()
+            raise
+    return connection
+
+
+def create_schema(engine: Engine) -> None:
+    """Create the tables and indexes that are missing; safe when several processes race."""
+    with translated_errors():
+        connection = connect(engine, for_write=True)
+        try:
+            if engine.dialect.name == "postgresql":
+                connection.execute(select(func.pg_advisory_xact_lock(_SCHEMA_LOCK_KEY)))
+            SQLModel.metadata.create_all(connection, tables=[images, image_locations])
+            connection.commit()
+        finally:
+            connection.close()
+
+
+def check_database(engine: Engine) -> None:
+    """Raise StoreUnavailableError unless the database answers a trivial query."""
+    with translated_errors(), engine.connect() as connection:
+        connection.execute(select(1)).one()

@@ -1,0 +1,222 @@
+"""The image repository on one SQLAlchemy Connection, with Core statements for speed.
+
+Imports sqlalchemy, the store's tables and engine helpers, and the domain's values and ports.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    Row,
+    and_,
+    bindparam,
+    delete,
+    exists,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
+
+from imageloc.server.domain.model import GONE_STATUSES, Image, ImageStatus, Location, Visibility
+from imageloc.server.domain.ports import ListCursor
+from imageloc.server.store.engine import translated_errors
+from imageloc.server.store.tables import image_locations, images
+
+_IMAGE_COLUMNS = (
+    images.c.id,
+    images.c.name,
+    images.c.status,
+    images.c.size,
+    images.c.checksum,
+    images.c.os_hash_algo,
+    images.c.os_hash_value,
+    images.c.disk_format,
+    images.c.container_format,
+    images.c.visibility,
+    images.c.owner,
+    images.c.protected,
+    images.c.created_at,
+    images.c.updated_at,
+    images.c.revision,
+)
+_METADATA = image_locations.c["metadata"]
+
+_SELECT_IMAGE = select(*_IMAGE_COLUMNS).where(images.c.id == bindparam("image_id"))
+_SELECT_IMAGE_FOR_UPDATE = _SELECT_IMAGE.with_for_update()
+_SELECT_LOCATIONS = (
+    select(image_locations.c.url, _METADATA)
+    .where(image_locations.c.image_id == bindparam("image_id"))
+    .order_by(image_locations.c.position)
+)
+_IMAGE_EXISTS = select(exists().where(images.c.id == bindparam("image_id")))
+_INSERT_IMAGE = insert(images)
+_INSERT_LOCATIONS = insert(image_locations)
+_DELETE_LOCATIONS = delete(image_locations).where(
+    image_locations.c.image_id == bindparam("image_id")
+)
+_GONE = sorted(status.value for status in GONE_STATUSES)
+
+
+class SqlImageRepository:
+    """Images with their ordered locations in the `images` and `image_locations` tables.
+
+    With lock_rows, get() locks the image's row (SELECT ... FOR UPDATE) until the
+    transaction ends, so writers of one image take turns on PostgreSQL; SQLite ignores
+    it, as its write transactions already hold the database's single write lock.
+    """
+
+    def __init__(self, connection: Connection, *, lock_rows: bool = False) -> None:
+        self._connection = connection
+        self._lock_rows = lock_rows
+
+    def get(self, image_id: str) -> Image | None:
+        """The image with this id, deleted ones included, or None."""
+        statement = _SELECT_IMAGE_FOR_UPDATE if self._lock_rows else _SELECT_IMAGE
+        with translated_errors():
+            row = self._connection.execute(statement, {"image_id": image_id}).first()
+            if row is None:
+                return None
+            found = self._connection.execute(_SELECT_LOCATIONS, {"image_id": image_id})
+            locations = tuple(_location(url, metadata) for url, metadata in found)
+        return _image(row, locations)
+
+    def add(self, image: Image) -> bool:
+        """Insert a new image and its locations; False when the id is taken."""
+        with translated_errors():
+            try:
+                # A savepoint, so a refused insert leaves the caller's transaction usable.
+                with self._connection.begin_nested():
+                    self._connection.execute(_INSERT_IMAGE, _image_values(image, with_id=True))
+                    self._insert_locations(image.id, image.locations)
+            except IntegrityError:
+                if self._connection.execute(_IMAGE_EXISTS, {"image_id": image.id}).scalar():
+                    return False
+                raise
+        return True
+
+    def save(self, old: Image, new: Image) -> bool:
+        """Write new over old if the stored revision is still old.revision; else False."""
+        if new.id != old.id:
+            raise ValueError(f"cannot save image {new.id} over image {old.id}")
+        statement = (
+            update(images)
+            .where(images.c.id == old.id, images.c.revision == old.revision)
+            .values(_image_values(new, with_id=False))
+        )
+        with translated_errors():
+            if self._connection.execute(statement).rowcount != 1:
+                return False
+            if new.locations != old.locations:
+                self._connection.execute(_DELETE_LOCATIONS, {"image_id": new.id})
+                self._insert_locations(new.id, new.locations)
+        return True
+
+    def list(
+        self, *, limit: int, after: ListCursor | None, status: ImageStatus | None
+    ) -> Sequence[Image]:
+        """Images not deleted or pending_delete, newest first (created_at, then id, descending)."""
+        statement = select(*_IMAGE_COLUMNS).where(images.c.status.not_in(_GONE))
+        if status is not None:
+            statement = statement.where(images.c.status == status.value)
+        if after is not None:
+            created_at, image_id = after
+            statement = statement.where(
+                or_(
+                    images.c.created_at < created_at,
+                    and_(images.c.created_at == created_at, images.c.id < image_id),
+                )
+            )
+        statement = statement.order_by(images.c.created_at.desc(), images.c.id.desc()).limit(limit)
+        with translated_errors():
+            rows = self._connection.execute(statement).all()
+            locations = self._locations_of([row.id for row in rows])
+        return [_image(row, locations.get(row.id, ())) for row in rows]
+
+    def _locations_of(self, image_ids: Sequence[str]) -> dict[str, tuple[Location, ...]]:
+        if not image_ids:
+            return {}
+        statement = (
+            select(image_locations.c.image_id, image_locations.c.url, _METADATA)
+            .where(image_locations.c.image_id.in_(image_ids))
+            .order_by(image_locations.c.image_id, image_locations.c.position)
+        )
+        grouped: defaultdict[str, list[Location]] = defaultdict(list)
+        for image_id, url, metadata in self._connection.execute(statement):
+            grouped[image_id].append(_location(url, metadata))
+        return {image_id: tuple(found) for image_id, found in grouped.items()}
+
+    def _insert_locations(self, image_id: str, locations: Iterable[Location]) -> None:
+        rows = [
+            {
+                "image_id": image_id,
+                "position": position,
+                "url": location.url,
+                "metadata": _plain(location.metadata),
+            }
+            for position, location in enumerate(locations)
+        ]
+        # An empty parameter list would insert one row of defaults.
+        if rows:
+            self._connection.execute(_INSERT_LOCATIONS, rows)
+
+
+def _image_values(image: Image, *, with_id: bool) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "name": image.name,
+        "status": image.status.value,
+        "size": image.size,
+        "checksum": image.checksum,
+        "os_hash_algo": image.os_hash_algo,
+        "os_hash_value": image.os_hash_value,
+        "disk_format": image.disk_format,
+        "container_format": image.container_format,
+        "visibility": image.visibility.value,
+        "owner": image.owner,
+        "protected": image.protected,
+        "created_at": image.created_at,
+        "updated_at": image.updated_at,
+        "revision": image.revision,
+    }
+    if with_id:
+        values["id"] = image.id
+    return values
+
+
+def _image(row: Row[*tuple[Any, ...]], locations: tuple[Location, ...]) -> Image:
+    return Image(
+        id=row.id,
+        name=row.name,
+        status=ImageStatus(row.status),
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        locations=locations,
+        size=row.size,
+        checksum=row.checksum,
+        os_hash_algo=row.os_hash_algo,
+        os_hash_value=row.os_hash_value,
+        disk_format=row.disk_format,
+        container_format=row.container_format,
+        visibility=Visibility(row.visibility),
+        owner=row.owner,
+        protected=bool(row.protected),
+        revision=row.revision,
+    )
+
+
+def _location(url: str, metadata: Any) -> Location:
+    return Location(url=url, metadata=dict(metadata or {}))
+
+
+def _plain(value: Any) -> Any:
+    """value with every mapping made a dict and every sequence a list, as JSON keeps them."""
+    if isinstance(value, Mapping):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value

@@ -1,0 +1,109 @@
+"""The database schema: SQLModel table models for images and their ordered locations.
+
+Imports sqlmodel and sqlalchemy only; the repository turns these rows into domain values.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Table,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlmodel import Field, SQLModel
+
+#: The longest location URL a row holds; the domain refuses URLs past 255 characters.
+MAX_URL_COLUMN_LENGTH = 2048
+
+
+class UtcDateTime(TypeDecorator[datetime.datetime]):
+    """A timestamp written as UTC and always read back as a tz-aware UTC datetime.
+
+    SQLite keeps no offset, so what it returns is naive and gets UTC re-attached;
+    PostgreSQL's timestamptz comes back in the session's zone and is converted.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(
+        self, value: datetime.datetime | None, dialect: Dialect
+    ) -> datetime.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"naive datetime {value!r}: the store keeps tz-aware UTC only")
+        return value.astimezone(datetime.UTC)
+
+    def process_result_value(
+        self, value: datetime.datetime | None, dialect: Dialect
+    ) -> datetime.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=datetime.UTC)
+        return value.astimezone(datetime.UTC)
+
+
+class ImageRow(SQLModel, table=True):
+    """One image record; `revision` makes every save conditional."""
+
+    __tablename__ = "images"
+    __table_args__ = (
+        Index("ix_images_created_at_id", "created_at", "id"),
+        Index("ix_images_status_created_at_id", "status", "created_at", "id"),
+    )
+
+    id: str = Field(primary_key=True)
+    name: str = Field(default="")
+    status: str
+    size: int = Field(default=0, sa_type=BigInteger)
+    checksum: str = Field(default="")
+    os_hash_algo: str = Field(default="")
+    os_hash_value: str = Field(default="")
+    disk_format: str = Field(default="")
+    container_format: str = Field(default="")
+    visibility: str
+    owner: str = Field(default="")
+    protected: bool = Field(default=False)
+    created_at: datetime.datetime = Field(sa_column=Column(UtcDateTime(), nullable=False))
+    updated_at: datetime.datetime = Field(sa_column=Column(UtcDateTime(), nullable=False))
+    revision: int = Field(default=1)
+
+
+class LocationRow(SQLModel, table=True):
+    """One location of an image, at its place in the image's list."""
+
+    __tablename__ = "image_locations"
+    __table_args__ = (UniqueConstraint("image_id", "position", name="uq_image_locations_position"),)
+
+    id: int | None = Field(
+        default=None, sa_column=Column(Integer, primary_key=True, autoincrement=True)
+    )
+    # The unique (image_id, position) index also serves lookups by image_id.
+    image_id: str = Field(
+        sa_column=Column(String, ForeignKey("images.id", ondelete="CASCADE"), nullable=False)
+    )
+    position: int
+    url: str = Field(sa_type=String(MAX_URL_COLUMN_LENGTH))
+    # `metadata` is SQLModel's own attribute, so the column keeps the name under another key.
+    location_metadata: dict[str, Any] = Field(
+        default_factory=dict, sa_column=Column("metadata", JSON, nullable=False)
+    )
+
+
+#: The tables as SQLAlchemy Core sees them; the repository's statements are built on these.
+images: Table = SQLModel.metadata.tables["images"]
+image_locations: Table = SQLModel.metadata.tables["image_locations"]

@@ -1,0 +1,92 @@
+"""Units of work (one transaction each) and SqlStore, the store the server opens from a URL.
+
+Imports sqlalchemy, the store's modules, and the domain's ports.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Self
+
+from sqlalchemy import Connection, Engine
+
+from imageloc.server.domain.ports import ImageRepository
+from imageloc.server.store.engine import (
+    check_database,
+    connect,
+    create_engine_from_url,
+    create_schema,
+    translated_errors,
+)
+from imageloc.server.store.repository import SqlImageRepository
+
+
+class SqlUnitOfWork:
+    """One transaction on its own connection, rolled back on exit unless committed.
+
+    A for_write unit of work holds the write lock from its start on SQLite (BEGIN
+    IMMEDIATE) and locks each image it reads on PostgreSQL (SELECT ... FOR UPDATE).
+    """
+
+    images: ImageRepository
+
+    def __init__(self, engine: Engine, *, for_write: bool) -> None:
+        self._engine = engine
+        self._for_write = for_write
+        self._connection: Connection | None = None
+        self._committed = False
+
+    def __enter__(self) -> Self:
+        if self._connection is not None:
+            raise RuntimeError("a unit of work cannot be entered twice")
+        self._connection = connect(self._engine, for_write=self._for_write)
+        self._committed = False
+        self.images = SqlImageRepository(self._connection, lock_rows=self._for_write)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        connection, self._connection = self._connection, None
+        if connection is None:
+            return
+        try:
+            if not self._committed and connection.in_transaction():
+                with translated_errors():
+                    connection.rollback()
+        finally:
+            connection.close()
+
+    def commit(self) -> None:
+        """Make the transaction's writes durable."""
+        if self._connection is None:
+            raise RuntimeError("commit() outside the unit of work's `with` block")
+        with translated_errors():
+            self._connection.commit()
+        self._committed = True
+
+
+class SqlStore:
+    """The database behind a URL: its engine, its schema and its units of work."""
+
+    def __init__(self, url: str) -> None:
+        self.engine = create_engine_from_url(url)
+
+    def unit_of_work(self, *, for_write: bool) -> SqlUnitOfWork:
+        """A new unit of work; pass `store.unit_of_work` where a UnitOfWorkFactory is wanted."""
+        return SqlUnitOfWork(self.engine, for_write=for_write)
+
+    def create_schema(self) -> None:
+        """Create the missing tables and indexes."""
+        create_schema(self.engine)
+
+    def check(self) -> None:
+        """Raise StoreUnavailableError unless the database answers."""
+        check_database(self.engine)
+
+    def dispose(self) -> None:
+        """Close every pooled connection."""
+        self.engine.dispose()
