@@ -197,13 +197,13 @@ def complete_upload(
             image_status=image.status,
             action=Action.COMPLETE_UPLOAD,
         )
+    given = {name: value for name, value in hashes.items() if value}
     check_location(image, location, field="location", policy=policy)
-    check_hashes(hashes, policy=policy, image=image, field_prefix="")
+    check_hashes(given, policy=policy, image=image, field_prefix="")
     if any(location.same_as(existing) for existing in image.locations):
         raise _duplicate(image, location, "location")
     _require_quota(image, len(image.locations) + 1, policy)
     active = transition(image, S.ACTIVE, action=Action.COMPLETE_UPLOAD)
-    given = {name: value for name, value in hashes.items() if value}
     return dataclasses.replace(
         active.with_hashes(given), locations=(location, *image.locations), size=size
     )

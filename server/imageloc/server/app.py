@@ -1,0 +1,114 @@
+"""Builds and runs the server: store, servicer, health, reflection, graceful stop.
+
+Imports everything else; nothing imports it but the CLI and the tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import signal
+import threading
+from concurrent import futures
+from types import FrameType
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from imageloc.server.config import Settings
+from imageloc.server.service import ImageService
+from imageloc.server.servicer import ImageServicer
+from imageloc.server.store import SqlStore
+from imageloc.v1 import image_service_pb2 as pb
+from imageloc.v1 import image_service_pb2_grpc as pb_grpc
+
+log = logging.getLogger("imageloc.server")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ImageService"].full_name
+
+
+@dataclasses.dataclass
+class Server:
+    """A built server and what it owns; `stop` releases all of it."""
+
+    grpc_server: grpc.Server
+    port: int
+    store: SqlStore
+    health: health.HealthServicer
+
+    def start(self) -> None:
+        """Accept calls and report SERVING."""
+        self.grpc_server.start()
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    def stop(self, grace: float | None) -> None:
+        """Refuse new calls, let in-flight ones finish within grace seconds, close the store."""
+        self.health.enter_graceful_shutdown()
+        self.grpc_server.stop(grace).wait()
+        self.store.dispose()
+
+
+def build_server(settings: Settings) -> Server:
+    """A server bound to settings.listen (port 0 picks a free one), not yet started."""
+    store = SqlStore(settings.database_url)
+    store.create_schema()
+    service = ImageService(
+        store.unit_of_work,
+        policy=settings.location_policy,
+        delayed_delete=settings.delayed_delete,
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=settings.max_workers))
+    pb_grpc.add_ImageServiceServicer_to_server(ImageServicer(service), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    port = server.add_insecure_port(settings.listen)
+    if port == 0:
+        store.dispose()
+        raise OSError(f"cannot listen on {settings.listen}")
+    return Server(grpc_server=server, port=port, store=store, health=health_servicer)
+
+
+def create_server(settings: Settings) -> tuple[grpc.Server, int]:
+    """The gRPC server and its bound port, not yet started."""
+    built = build_server(settings)
+    for name in ("", SERVICE_NAME):
+        built.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return built.grpc_server, built.port
+
+
+def serve(settings: Settings) -> None:
+    """Serve until SIGTERM or SIGINT, then drain in-flight calls and exit."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    server = build_server(settings)
+    stopping = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info(
+            "received %s, draining for up to %ss",
+            signal.Signals(signum).name,
+            settings.grace_seconds,
+        )
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server.start()
+    host = settings.listen.rsplit(":", 1)[0]
+    log.info(
+        "imageloc serving on %s:%d, store %s", host, server.port, _safe_url(settings.database_url)
+    )
+    stopping.wait()
+    server.stop(settings.grace_seconds)
+    log.info("imageloc stopped")
+
+
+def _safe_url(url: str) -> str:
+    """The database URL without a password."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)

@@ -1,0 +1,107 @@
+"""Conversions between imageloc.v1 messages and domain values.
+
+Imports the generated messages and the domain; no rules live here.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
+
+from imageloc.server.domain import inputs
+from imageloc.server.domain.model import Image, ImageStatus, Location, ValidationData, Visibility
+from imageloc.server.service import etag_of
+from imageloc.v1 import image_service_pb2 as pb
+
+_STATUS_TO_PROTO = {
+    status: pb.ImageStatus.Value(f"IMAGE_STATUS_{status.name}") for status in ImageStatus
+}
+_STATUS_FROM_PROTO: dict[int, ImageStatus] = {
+    number: status for status, number in _STATUS_TO_PROTO.items()
+}
+_VISIBILITY_TO_PROTO = {
+    visibility: pb.ImageVisibility.Value(f"IMAGE_VISIBILITY_{visibility.name}")
+    for visibility in Visibility
+}
+_VISIBILITY_FROM_PROTO: dict[int, Visibility] = {
+    number: vis for vis, number in _VISIBILITY_TO_PROTO.items()
+}
+
+
+def status_from_proto(number: int, *, field: str = "status") -> ImageStatus:
+    """The domain status of an ImageStatus number; INVALID_REQUEST for 0 or unknown."""
+    try:
+        return _STATUS_FROM_PROTO[number]
+    except KeyError:
+        raise inputs.invalid_request(field, f"{field} {number} is not an image status") from None
+
+
+def visibility_from_proto(number: int) -> Visibility:
+    """UNSPECIFIED means private; an unknown number is INVALID_REQUEST."""
+    if number == pb.IMAGE_VISIBILITY_UNSPECIFIED:
+        return Visibility.PRIVATE
+    try:
+        return _VISIBILITY_FROM_PROTO[number]
+    except KeyError:
+        raise inputs.invalid_request(
+            "visibility", f"visibility {number} is not an image visibility"
+        ) from None
+
+
+def location_from_proto(message: pb.Location) -> Location:
+    """A domain location; the Struct becomes plain JSON values."""
+    metadata: dict[str, Any] = json_format.MessageToDict(message.metadata)
+    return Location(url=message.url, metadata=metadata)
+
+
+def optional_location(holder: Any, field: str = "location") -> Location | None:
+    """The location in holder.field, or None when the field is not set."""
+    return location_from_proto(getattr(holder, field)) if holder.HasField(field) else None
+
+
+def validation_data_from_proto(holder: Any) -> ValidationData | None:
+    """The request's validation data; an absent or all-empty message is None."""
+    if not holder.HasField("validation_data"):
+        return None
+    data = holder.validation_data
+    value = ValidationData(
+        checksum=data.checksum, os_hash_algo=data.os_hash_algo, os_hash_value=data.os_hash_value
+    )
+    return None if value == ValidationData() else value
+
+
+def location_to_proto(location: Location) -> pb.Location:
+    """A Location message with its metadata as a Struct."""
+    metadata = struct_pb2.Struct()
+    metadata.update(dict(location.metadata))
+    return pb.Location(url=location.url, metadata=metadata)
+
+
+def image_to_proto(image: Image) -> pb.Image:
+    """The Image message, etag included."""
+    return pb.Image(
+        id=image.id,
+        name=image.name,
+        status=_STATUS_TO_PROTO[image.status],
+        locations=[location_to_proto(location) for location in image.locations],
+        size=image.size,
+        checksum=image.checksum,
+        os_hash_algo=image.os_hash_algo,
+        os_hash_value=image.os_hash_value,
+        disk_format=image.disk_format,
+        container_format=image.container_format,
+        visibility=_VISIBILITY_TO_PROTO[image.visibility],
+        owner=image.owner,
+        protected=image.protected,
+        create_time=_timestamp(image.created_at),
+        update_time=_timestamp(image.updated_at),
+        etag=etag_of(image),
+    )
+
+
+def _timestamp(moment: datetime.datetime) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp

@@ -1,0 +1,133 @@
+"""The one place a refusal becomes a gRPC status with google.rpc rich details.
+
+Imports grpc, google.rpc and the domain. Each reason has one gRPC code and the
+HTTP status Glance answers for the same refusal (docs/errors.md is the table).
+"""
+
+from __future__ import annotations
+
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+from imageloc.server.domain.errors import Action, DomainError, Reason
+
+#: ErrorInfo.domain of every refusal.
+ERROR_DOMAIN = "imageloc"
+
+R = Reason
+C = code_pb2
+
+#: reason -> (google.rpc.Code, Glance's HTTP status)
+REASON_CODES: dict[Reason, tuple[int, int]] = {
+    R.IMAGE_NOT_FOUND: (C.NOT_FOUND, 404),
+    R.IMAGE_STATUS_CONFLICT: (C.FAILED_PRECONDITION, 409),
+    R.LAST_LOCATION: (C.FAILED_PRECONDITION, 403),
+    R.EMPTY_LOCATIONS: (C.INVALID_ARGUMENT, 403),
+    R.LOCATIONS_NOT_EMPTY: (C.FAILED_PRECONDITION, 400),
+    R.DUPLICATE_LOCATION: (C.ALREADY_EXISTS, 400),
+    R.INVALID_LOCATION: (C.INVALID_ARGUMENT, 400),
+    R.INVALID_POSITION: (C.INVALID_ARGUMENT, 400),
+    R.LOCATION_NOT_FOUND: (C.NOT_FOUND, 400),
+    R.LOCATION_QUOTA_EXCEEDED: (C.RESOURCE_EXHAUSTED, 413),
+    R.VALIDATION_DATA_CONFLICT: (C.FAILED_PRECONDITION, 409),
+    R.INVALID_VALIDATION_DATA: (C.INVALID_ARGUMENT, 400),
+    R.MISSING_FORMAT: (C.FAILED_PRECONDITION, 400),
+    R.IMAGE_PROTECTED: (C.FAILED_PRECONDITION, 403),
+    R.IMAGE_EXISTS: (C.ALREADY_EXISTS, 409),
+    R.INVALID_TRANSITION: (C.FAILED_PRECONDITION, 409),
+    R.ETAG_MISMATCH: (C.ABORTED, 412),
+    R.INVALID_REQUEST: (C.INVALID_ARGUMENT, 400),
+}
+
+#: Glance answers a refused deactivate or reactivate with 403, a refused
+#: delayed delete with 400, and upload, stage and import with 409.
+TRANSITION_HTTP_STATUS: dict[Action, int] = {
+    Action.DEACTIVATE: 403,
+    Action.REACTIVATE: 403,
+    Action.DELETE: 400,
+}
+
+#: Refusals that are not the caller's fault: the server's state or load.
+UNAVAILABLE_REASON = "STORE_UNAVAILABLE"
+CONCURRENT_UPDATE_REASON = "CONCURRENT_UPDATE"
+
+
+def http_status_of(error: DomainError) -> int:
+    """The HTTP status Glance answers for this refusal."""
+    if error.reason is Reason.INVALID_TRANSITION and error.action in TRANSITION_HTTP_STATUS:
+        return TRANSITION_HTTP_STATUS[error.action]
+    return REASON_CODES[error.reason][1]
+
+
+def domain_error_status(error: DomainError) -> status_pb2.Status:
+    """A google.rpc.Status with one ErrorInfo and the detail its code calls for."""
+    code = REASON_CODES[error.reason][0]
+    metadata = dict(error.metadata)
+    if error.image_id:
+        metadata["imageId"] = error.image_id
+    if error.image_status:
+        metadata["imageStatus"] = error.image_status
+    metadata["httpStatus"] = str(http_status_of(error))
+    details: list[object] = [
+        error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=metadata)
+    ]
+    subject = f"images/{error.image_id}" if error.image_id else "images"
+    if code == C.FAILED_PRECONDITION:
+        details.append(
+            error_details_pb2.PreconditionFailure(
+                violations=[
+                    error_details_pb2.PreconditionFailure.Violation(
+                        type=error.reason, subject=subject, description=error.message
+                    )
+                ]
+            )
+        )
+    elif code == C.INVALID_ARGUMENT:
+        details.append(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(
+                        field=error.field or "request",
+                        description=error.message,
+                        reason=error.reason,
+                    )
+                ]
+            )
+        )
+    elif code in (C.NOT_FOUND, C.ALREADY_EXISTS):
+        is_location = error.reason in (Reason.LOCATION_NOT_FOUND, Reason.DUPLICATE_LOCATION)
+        details.append(
+            error_details_pb2.ResourceInfo(
+                resource_type="imageloc.v1.Location" if is_location else "imageloc.v1.Image",
+                resource_name=error.metadata.get("url", "") if is_location else subject,
+                description=error.message,
+            )
+        )
+    elif code == C.RESOURCE_EXHAUSTED:
+        details.append(
+            error_details_pb2.QuotaFailure(
+                violations=[
+                    error_details_pb2.QuotaFailure.Violation(
+                        subject=subject, description=error.message
+                    )
+                ]
+            )
+        )
+    return _status(code, error.message, details)
+
+
+def server_status(code: int, reason: str, message: str, http_status: int) -> status_pb2.Status:
+    """A refusal that comes from the server's condition, not from a rule."""
+    info = error_details_pb2.ErrorInfo(
+        reason=reason, domain=ERROR_DOMAIN, metadata={"httpStatus": str(http_status)}
+    )
+    return _status(code, message, [info])
+
+
+def _status(code: int, message: str, details: list[object]) -> status_pb2.Status:
+    packed = []
+    for detail in details:
+        holder = any_pb2.Any()
+        holder.Pack(detail)  # type: ignore[arg-type]
+        packed.append(holder)
+    return status_pb2.Status(code=code, message=message, details=packed)

@@ -1,0 +1,318 @@
+"""The use cases: load an image, let a domain rule decide, save, commit once.
+
+Imports the domain only. Every mutation is one write unit of work whose save is
+conditional on the revision the rule decided on; a lost race is decided again
+on fresh state, and only a caller-given stale etag ends in ETAG_MISMATCH.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import datetime
+import hashlib
+import json
+import uuid
+from collections.abc import Callable, Sequence
+
+from imageloc.server.domain import inputs, locations, status
+from imageloc.server.domain.errors import DomainError, Reason
+from imageloc.server.domain.model import (
+    GONE_STATUSES,
+    Image,
+    ImageStatus,
+    Location,
+    ValidationData,
+    Visibility,
+)
+from imageloc.server.domain.policy import LocationPolicy
+from imageloc.server.domain.ports import ListCursor, UnitOfWorkFactory
+from imageloc.server.domain.validation import check_validation_data_shape
+
+#: A decision: the image as loaded -> the image to save (the same one for a no-op).
+Decision = Callable[[Image], Image]
+
+#: How many times a write lost to a concurrent one is decided again.
+MAX_WRITE_ATTEMPTS = 50
+
+
+class ConcurrentUpdateError(Exception):
+    """A write kept losing races to other writers; the caller may retry."""
+
+
+def utc_now() -> datetime.datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.datetime.now(datetime.UTC)
+
+
+def etag_of(image: Image) -> str:
+    """An opaque tag that changes with every saved change of the image."""
+    digest = hashlib.blake2b(f"{image.id}:{image.revision}".encode(), digest_size=8)
+    return digest.hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class Page:
+    """One page of ListImages."""
+
+    images: Sequence[Image]
+    next_page_token: str
+
+
+class ImageService:
+    """Every operation of the API, on top of a unit-of-work factory."""
+
+    def __init__(
+        self,
+        unit_of_work: UnitOfWorkFactory,
+        *,
+        policy: LocationPolicy,
+        delayed_delete: bool = False,
+        clock: Callable[[], datetime.datetime] = utc_now,
+    ) -> None:
+        self._uow = unit_of_work
+        self._policy = policy
+        self._delayed_delete = delayed_delete
+        self._clock = clock
+
+    # Reads
+
+    def get_image(self, image_id: str) -> Image:
+        """The image, unless unknown, deleted or pending_delete."""
+        image_id = inputs.parse_image_id(image_id)
+        with self._uow(for_write=False) as uow:
+            return _visible(uow.images.get(image_id), image_id)
+
+    def list_images(self, *, page_size: int, page_token: str, status: ImageStatus | None) -> Page:
+        """A page of images, newest first, with the token of the next page."""
+        limit = inputs.page_size(page_size)
+        after = _decode_page_token(page_token, status) if page_token else None
+        with self._uow(for_write=False) as uow:
+            found = list(uow.images.list(limit=limit + 1, after=after, status=status))
+        images = found[:limit]
+        more = len(found) > limit
+        token = _encode_page_token(images[-1], status) if more else ""
+        return Page(images=images, next_page_token=token)
+
+    # Creation and deletion
+
+    def create_image(
+        self,
+        *,
+        name: str,
+        disk_format: str = "",
+        container_format: str = "",
+        visibility: Visibility = Visibility.PRIVATE,
+        protected: bool = False,
+        image_id: str | None = None,
+    ) -> Image:
+        """A new queued image; IMAGE_EXISTS when the id is taken, even by a deleted one."""
+        new_id = (
+            str(uuid.uuid4()) if image_id is None else inputs.parse_image_id(image_id, field="id")
+        )
+        inputs.check_name(name)
+        inputs.check_format(disk_format, field="disk_format", allowed=inputs.DISK_FORMATS)
+        inputs.check_format(
+            container_format, field="container_format", allowed=inputs.CONTAINER_FORMATS
+        )
+        now = self._clock()
+        image = Image(
+            id=new_id,
+            name=name,
+            status=ImageStatus.QUEUED,
+            created_at=now,
+            updated_at=now,
+            disk_format=disk_format,
+            container_format=container_format,
+            visibility=visibility,
+            protected=protected,
+        )
+        with self._uow(for_write=True) as uow:
+            if not uow.images.add(image):
+                raise DomainError(
+                    Reason.IMAGE_EXISTS,
+                    f"Image with identifier {new_id} already exists!",
+                    image_id=new_id,
+                    field="id",
+                )
+            uow.commit()
+        return image
+
+    def delete_image(self, image_id: str, *, etag: str | None = None) -> Image:
+        """-> deleted, or pending_delete under delayed delete for an active image with locations."""
+        return self._mutate(
+            image_id, etag, lambda image: status.delete(image, delayed_delete=self._delayed_delete)
+        )
+
+    # Lifecycle
+
+    def begin_upload(self, image_id: str, *, etag: str | None = None) -> Image:
+        """queued -> saving."""
+        return self._mutate(image_id, etag, status.begin_upload)
+
+    def complete_upload(
+        self,
+        image_id: str,
+        *,
+        location: Location | None,
+        size: int,
+        checksum: str = "",
+        os_hash_algo: str = "",
+        os_hash_value: str = "",
+        etag: str | None = None,
+    ) -> Image:
+        """saving or importing -> active with the location first."""
+        if location is None:
+            raise inputs.invalid_request("location", "location is required")
+        if size < 0:
+            raise inputs.invalid_request("size", "size must not be negative")
+        hashes = {
+            "checksum": checksum,
+            "os_hash_algo": os_hash_algo,
+            "os_hash_value": os_hash_value,
+        }
+        return self._mutate(
+            image_id,
+            etag,
+            lambda image: locations.complete_upload(
+                image, location, size=size, hashes=hashes, policy=self._policy
+            ),
+        )
+
+    def fail_upload(self, image_id: str, *, etag: str | None = None) -> Image:
+        """saving -> killed."""
+        return self._mutate(image_id, etag, status.fail_upload)
+
+    def stage_image(self, image_id: str, *, etag: str | None = None) -> Image:
+        """queued -> uploading."""
+        return self._mutate(image_id, etag, status.stage)
+
+    def begin_import(self, image_id: str, *, etag: str | None = None) -> Image:
+        """queued or uploading -> importing."""
+        return self._mutate(image_id, etag, status.begin_import)
+
+    def deactivate_image(self, image_id: str, *, etag: str | None = None) -> Image:
+        """active -> deactivated."""
+        return self._mutate(image_id, etag, status.deactivate)
+
+    def reactivate_image(self, image_id: str, *, etag: str | None = None) -> Image:
+        """deactivated -> active."""
+        return self._mutate(image_id, etag, status.reactivate)
+
+    # Locations
+
+    def add_location(
+        self,
+        image_id: str,
+        *,
+        location: Location | None,
+        index: int | None = None,
+        validation_data: ValidationData | None = None,
+        etag: str | None = None,
+    ) -> Image:
+        """Insert a location (append when index is None)."""
+        if location is None:
+            raise inputs.invalid_request("location", "location is required")
+        check_validation_data_shape(validation_data)
+        return self._mutate(
+            image_id,
+            etag,
+            lambda image: locations.add_location(
+                image,
+                location,
+                index=index,
+                validation_data=validation_data,
+                policy=self._policy,
+            ),
+        )
+
+    def remove_location(
+        self,
+        image_id: str,
+        *,
+        index: int | None = None,
+        url: str | None = None,
+        etag: str | None = None,
+    ) -> Image:
+        """Remove the location at index, or the first with url; exactly one is given."""
+        if (index is None) == (url is None):
+            raise inputs.invalid_request("target", "exactly one of index or url is required")
+        return self._mutate(
+            image_id, etag, lambda image: locations.remove_location(image, index=index, url=url)
+        )
+
+    def replace_locations(
+        self,
+        image_id: str,
+        *,
+        new_locations: Sequence[Location],
+        validation_data: ValidationData | None = None,
+        etag: str | None = None,
+    ) -> Image:
+        """Set the whole location list."""
+        check_validation_data_shape(validation_data)
+        return self._mutate(
+            image_id,
+            etag,
+            lambda image: locations.replace_locations(
+                image, new_locations, validation_data=validation_data, policy=self._policy
+            ),
+        )
+
+    # The one write path
+
+    def _mutate(self, image_id: str, etag: str | None, decide: Decision) -> Image:
+        image_id = inputs.parse_image_id(image_id)
+        for _ in range(MAX_WRITE_ATTEMPTS):
+            with self._uow(for_write=True) as uow:
+                current = _visible(uow.images.get(image_id), image_id)
+                if etag is not None and etag != etag_of(current):
+                    raise DomainError(
+                        Reason.ETAG_MISMATCH,
+                        f"The etag {etag!r} is stale: image {image_id} has changed.",
+                        image_id=image_id,
+                        image_status=current.status,
+                        field="etag",
+                        metadata={"etag": etag_of(current)},
+                    )
+                decided = decide(current)
+                if decided == current:
+                    return current
+                changed = dataclasses.replace(
+                    decided, revision=current.revision + 1, updated_at=self._clock()
+                )
+                if uow.images.save(current, changed):
+                    uow.commit()
+                    return changed
+        raise ConcurrentUpdateError(
+            f"image {image_id} kept changing under {MAX_WRITE_ATTEMPTS} writes"
+        )
+
+
+def _visible(image: Image | None, image_id: str) -> Image:
+    if image is None or image.status in GONE_STATUSES:
+        raise DomainError(
+            Reason.IMAGE_NOT_FOUND, f"No image found with ID {image_id}", image_id=image_id
+        )
+    return image
+
+
+def _encode_page_token(last: Image, status: ImageStatus | None) -> str:
+    payload = {"c": last.created_at.isoformat(), "i": last.id, "s": status and str(status)}
+    return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
+
+
+def _decode_page_token(token: str, status: ImageStatus | None) -> ListCursor:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        payload = json.loads(raw)
+        cursor = (datetime.datetime.fromisoformat(payload["c"]), str(uuid.UUID(payload["i"])))
+        token_status = payload["s"]
+    except (binascii.Error, ValueError, KeyError, TypeError):
+        raise inputs.invalid_request("page_token", "page_token is malformed") from None
+    if token_status != (status and str(status)):
+        raise inputs.invalid_request(
+            "page_token", "page_token was issued for another status filter"
+        )
+    return cursor

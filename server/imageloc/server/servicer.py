@@ -1,0 +1,215 @@
+"""imageloc.v1.ImageService over gRPC: request to domain, call the service, domain to response.
+
+Thin by design: no rule lives here. Imports the generated code, the service,
+the conversions and the error mapping.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import NoReturn, TypeVar
+
+import grpc
+from google.rpc import code_pb2, status_pb2
+from grpc_status import rpc_status
+
+from imageloc.server import convert
+from imageloc.server.domain.errors import DomainError
+from imageloc.server.domain.ports import StoreUnavailableError
+from imageloc.server.rpc_errors import (
+    CONCURRENT_UPDATE_REASON,
+    UNAVAILABLE_REASON,
+    domain_error_status,
+    server_status,
+)
+from imageloc.server.service import ConcurrentUpdateError, ImageService
+from imageloc.v1 import image_service_pb2 as pb
+from imageloc.v1 import image_service_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Handler = Callable[["ImageServicer", Req, grpc.ServicerContext], Resp]
+
+
+def abort_with(context: grpc.ServicerContext, status: status_pb2.Status) -> NoReturn:
+    """End the call with status, its details in grpc-status-details-bin."""
+    rich = rpc_status.to_status(status)
+    context.set_trailing_metadata(rich.trailing_metadata)
+    context.abort(rich.code, rich.details)
+    raise AssertionError("context.abort returned")  # pragma: no cover
+
+
+def refusals(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
+    """Turn domain and store errors raised by handler into rich gRPC statuses."""
+
+    @functools.wraps(handler)
+    def wrapped(self: ImageServicer, request: Req, context: grpc.ServicerContext) -> Resp:
+        try:
+            return handler(self, request, context)
+        except DomainError as error:
+            abort_with(context, domain_error_status(error))
+        except StoreUnavailableError as error:
+            log.warning("store unavailable: %s", error)
+            abort_with(
+                context,
+                server_status(
+                    code_pb2.UNAVAILABLE, UNAVAILABLE_REASON, "The image store is unavailable.", 503
+                ),
+            )
+        except ConcurrentUpdateError as error:
+            abort_with(
+                context, server_status(code_pb2.ABORTED, CONCURRENT_UPDATE_REASON, str(error), 409)
+            )
+
+    return wrapped
+
+
+def _etag(request: object) -> str | None:
+    return request.etag if request.HasField("etag") else None  # type: ignore[attr-defined]
+
+
+class ImageServicer(pb_grpc.ImageServiceServicer):
+    """Every RPC of imageloc.v1.ImageService."""
+
+    def __init__(self, service: ImageService) -> None:
+        self._service = service
+
+    @refusals
+    def CreateImage(
+        self, request: pb.CreateImageRequest, context: grpc.ServicerContext
+    ) -> pb.CreateImageResponse:
+        image = self._service.create_image(
+            name=request.name,
+            disk_format=request.disk_format,
+            container_format=request.container_format,
+            visibility=convert.visibility_from_proto(request.visibility),
+            protected=request.protected,
+            image_id=request.id if request.HasField("id") else None,
+        )
+        return pb.CreateImageResponse(image=convert.image_to_proto(image))
+
+    @refusals
+    def GetImage(
+        self, request: pb.GetImageRequest, context: grpc.ServicerContext
+    ) -> pb.GetImageResponse:
+        image = self._service.get_image(request.image_id)
+        return pb.GetImageResponse(image=convert.image_to_proto(image))
+
+    @refusals
+    def ListImages(
+        self, request: pb.ListImagesRequest, context: grpc.ServicerContext
+    ) -> pb.ListImagesResponse:
+        status = convert.status_from_proto(request.status) if request.HasField("status") else None
+        page = self._service.list_images(
+            page_size=request.page_size, page_token=request.page_token, status=status
+        )
+        return pb.ListImagesResponse(
+            images=[convert.image_to_proto(image) for image in page.images],
+            next_page_token=page.next_page_token,
+        )
+
+    @refusals
+    def DeleteImage(
+        self, request: pb.DeleteImageRequest, context: grpc.ServicerContext
+    ) -> pb.DeleteImageResponse:
+        image = self._service.delete_image(request.image_id, etag=_etag(request))
+        return pb.DeleteImageResponse(image=convert.image_to_proto(image))
+
+    @refusals
+    def BeginUpload(
+        self, request: pb.BeginUploadRequest, context: grpc.ServicerContext
+    ) -> pb.BeginUploadResponse:
+        image = self._service.begin_upload(request.image_id, etag=_etag(request))
+        return pb.BeginUploadResponse(image=convert.image_to_proto(image))
+
+    @refusals
+    def CompleteUpload(
+        self, request: pb.CompleteUploadRequest, context: grpc.ServicerContext
+    ) -> pb.CompleteUploadResponse:
+        image = self._service.complete_upload(
+            request.image_id,
+            location=convert.optional_location(request),
+            size=request.size,
+            checksum=request.checksum,
+            os_hash_algo=request.os_hash_algo,
+            os_hash_value=request.os_hash_value,
+            etag=_etag(request),
+        )
+        return pb.CompleteUploadResponse(image=convert.image_to_proto(image))
+
+    @refusals
+    def FailUpload(
+        self, request: pb.FailUploadRequest, context: grpc.ServicerContext
+    ) -> pb.FailUploadResponse:
+        image = self._service.fail_upload(request.image_id, etag=_etag(request))
+        return pb.FailUploadResponse(image=convert.image_to_proto(image))
+
+    @refusals
+    def StageImage(
+        self, request: pb.StageImageRequest, context: grpc.ServicerContext
+    ) -> pb.StageImageResponse:
+        image = self._service.stage_image(request.image_id, etag=_etag(request))
+        return pb.StageImageResponse(image=convert.image_to_proto(image))
+
+    @refusals
+    def BeginImport(
+        self, request: pb.BeginImportRequest, context: grpc.ServicerContext
+    ) -> pb.BeginImportResponse:
+        image = self._service.begin_import(request.image_id, etag=_etag(request))
+        return pb.BeginImportResponse(image=convert.image_to_proto(image))
+
+    @refusals
+    def DeactivateImage(
+        self, request: pb.DeactivateImageRequest, context: grpc.ServicerContext
+    ) -> pb.DeactivateImageResponse:
+        image = self._service.deactivate_image(request.image_id, etag=_etag(request))
+        return pb.DeactivateImageResponse(image=convert.image_to_proto(image))
+
+    @refusals
+    def ReactivateImage(
+        self, request: pb.ReactivateImageRequest, context: grpc.ServicerContext
+    ) -> pb.ReactivateImageResponse:
+        image = self._service.reactivate_image(request.image_id, etag=_etag(request))
+        return pb.ReactivateImageResponse(image=convert.image_to_proto(image))
+
+    @refusals
+    def AddLocation(
+        self, request: pb.AddLocationRequest, context: grpc.ServicerContext
+    ) -> pb.AddLocationResponse:
+        image = self._service.add_location(
+            request.image_id,
+            location=convert.optional_location(request),
+            index=request.index if request.HasField("index") else None,
+            validation_data=convert.validation_data_from_proto(request),
+            etag=_etag(request),
+        )
+        return pb.AddLocationResponse(image=convert.image_to_proto(image))
+
+    @refusals
+    def RemoveLocation(
+        self, request: pb.RemoveLocationRequest, context: grpc.ServicerContext
+    ) -> pb.RemoveLocationResponse:
+        target = request.WhichOneof("target")
+        image = self._service.remove_location(
+            request.image_id,
+            index=request.index if target == "index" else None,
+            url=request.url if target == "url" else None,
+            etag=_etag(request),
+        )
+        return pb.RemoveLocationResponse(image=convert.image_to_proto(image))
+
+    @refusals
+    def ReplaceLocation(
+        self, request: pb.ReplaceLocationRequest, context: grpc.ServicerContext
+    ) -> pb.ReplaceLocationResponse:
+        image = self._service.replace_locations(
+            request.image_id,
+            new_locations=[convert.location_from_proto(loc) for loc in request.locations],
+            validation_data=convert.validation_data_from_proto(request),
+            etag=_etag(request),
+        )
+        return pb.ReplaceLocationResponse(image=convert.image_to_proto(image))
