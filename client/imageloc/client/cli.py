@@ -1,0 +1,424 @@
+"""The `imageloc` command: `serve` runs the server; `image` and `location` verbs call it.
+
+Exit status: 0 done, 1 refused by the server (or unreachable, or cannot listen), 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from itertools import islice
+from typing import Any
+
+from imageloc.client import output
+from imageloc.client.client import DEFAULT_TARGET, ImageClient
+from imageloc.client.convert import STATUS_WORDS, VISIBILITY_WORDS, to_locations
+from imageloc.client.errors import ImagelocError
+from imageloc.v1 import image_service_pb2 as pb
+
+EXIT_OK = 0
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+
+Result = pb.Image | list[pb.Image]
+Action = Callable[[ImageClient, argparse.Namespace], Result]
+Lifecycle = Callable[[ImageClient, str, str | None], pb.Image]
+
+_LIFECYCLE: dict[str, tuple[str, Lifecycle]] = {
+    "begin-upload": ("Move a queued image to saving.", lambda c, i, e: c.begin_upload(i, etag=e)),
+    "fail-upload": ("Move a saving image to killed.", lambda c, i, e: c.fail_upload(i, etag=e)),
+    "stage": ("Move a queued image to uploading.", lambda c, i, e: c.stage_image(i, etag=e)),
+    "begin-import": (
+        "Move a queued or uploading image to importing.",
+        lambda c, i, e: c.begin_import(i, etag=e),
+    ),
+    "deactivate": (
+        "Move an active image to deactivated.",
+        lambda c, i, e: c.deactivate_image(i, etag=e),
+    ),
+    "reactivate": (
+        "Move a deactivated image to active.",
+        lambda c, i, e: c.reactivate_image(i, etag=e),
+    ),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line `argv` (sys.argv[1:] when None); returns the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
+    if args.command == "serve":
+        return _serve(args)
+    return _call_server(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line: global options, `serve`, `image ...` and `location ...`."""
+    parser = argparse.ArgumentParser(
+        prog="imageloc", description="Keep virtual-machine images and their locations."
+    )
+    _add_client_options(parser, defaults=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_serve(commands)
+    common = argparse.ArgumentParser(add_help=False)
+    _add_client_options(common, defaults=False)
+    image = commands.add_parser("image", help="Create, show, list, delete images; move status.")
+    _add_image_verbs(image.add_subparsers(dest="verb", required=True, metavar="VERB"), common)
+    location = commands.add_parser("location", help="List, add, remove, replace locations.")
+    _add_location_verbs(location.add_subparsers(dest="verb", required=True, metavar="VERB"), common)
+    return parser
+
+
+# Parser construction.
+
+
+def _add_client_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """--server, --json, --timeout: with defaults on the top parser, suppressed on verbs.
+
+    Verbs repeat them so they may follow the verb; a suppressed default keeps the
+    top parser's value when the verb does not set them.
+    """
+    unset = argparse.SUPPRESS
+    parser.add_argument(
+        "--server",
+        metavar="ADDR",
+        default=os.environ.get("IMAGELOC_SERVER", DEFAULT_TARGET) if defaults else unset,
+        help=f"the server's host:port (default: $IMAGELOC_SERVER or {DEFAULT_TARGET})",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        default=False if defaults else unset,
+        help="print JSON instead of text",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        default=10.0 if defaults else unset,
+        help="deadline of each call in seconds (default: 10)",
+    )
+
+
+def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    serve = commands.add_parser(
+        "serve", help="Run the server.", description="Run the server; flags override IMAGELOC_*."
+    )
+    serve.add_argument("--listen", metavar="ADDR", help="host:port ($IMAGELOC_LISTEN)")
+    serve.add_argument("--database", metavar="URL", help="SQLAlchemy URL ($IMAGELOC_DATABASE)")
+    serve.add_argument(
+        "--location-quota",
+        type=int,
+        metavar="N",
+        help="most locations per image, negative unlimited ($IMAGELOC_LOCATION_QUOTA)",
+    )
+    serve.add_argument(
+        "--delayed-delete",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="delete active images to pending_delete ($IMAGELOC_DELAYED_DELETE)",
+    )
+    serve.add_argument(
+        "--location-schemes",
+        metavar="a,b,c",
+        help="accepted URL schemes ($IMAGELOC_LOCATION_SCHEMES)",
+    )
+
+
+def _add_image_verbs(
+    verbs: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    create = _verb(verbs, common, "create", "Register a new image, queued.", action=_create)
+    create.add_argument("--name", required=True)
+    create.add_argument("--disk-format", default="", metavar="FORMAT", help="qcow2, raw, ...")
+    create.add_argument("--container-format", default="", metavar="FORMAT", help="bare, ovf, ...")
+    create.add_argument("--visibility", choices=VISIBILITY_WORDS)
+    create.add_argument("--protected", action="store_true")
+    create.add_argument("--id", dest="image_id", metavar="UUID", help="default: a new UUID")
+
+    show = _verb(verbs, common, "show", "Show one image.", action=_show)
+    show.add_argument("image_id", metavar="ID")
+
+    listing = _verb(
+        verbs, common, "list", "List images, newest first.", action=_list, view="images"
+    )
+    listing.add_argument("--status", choices=STATUS_WORDS)
+    listing.add_argument("--page-size", type=int, default=0, metavar="N")
+    listing.add_argument("--limit", type=_non_negative, metavar="N", help="stop after N images")
+
+    delete = _verb(verbs, common, "delete", "Delete an image.", action=_delete)
+    delete.add_argument("image_id", metavar="ID")
+    _add_etag(delete)
+
+    complete = _verb(
+        verbs, common, "complete-upload", "Make a saving image active.", action=_complete
+    )
+    complete.add_argument("image_id", metavar="ID")
+    complete.add_argument("--url", required=True, help="where the data is; the first location")
+    _add_metadata(complete)
+    complete.add_argument("--size", type=int, default=0, metavar="BYTES")
+    complete.add_argument("--checksum", default="", metavar="MD5")
+    complete.add_argument("--os-hash-algo", default="", metavar="ALGO")
+    complete.add_argument("--os-hash-value", default="", metavar="HEX")
+    _add_etag(complete)
+
+    for name, (help_text, call) in _LIFECYCLE.items():
+        verb = _verb(verbs, common, name, help_text, action=_lifecycle_action(call))
+        verb.add_argument("image_id", metavar="ID")
+        _add_etag(verb)
+
+
+def _add_location_verbs(
+    verbs: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    listing = _verb(
+        verbs, common, "list", "Show an image's locations.", action=_show, view="locations"
+    )
+    listing.add_argument("image_id", metavar="ID")
+
+    add = _verb(verbs, common, "add", "Insert a location.", action=_add_location)
+    add.add_argument("image_id", metavar="ID")
+    add.add_argument("url", metavar="URL")
+    _add_metadata(add)
+    add.add_argument("--index", type=int, metavar="N", help="position; default: append")
+    _add_validation_data(add)
+    _add_etag(add)
+
+    remove = _verb(verbs, common, "remove", "Remove one location.", action=_remove_location)
+    remove.add_argument("image_id", metavar="ID")
+    target = remove.add_mutually_exclusive_group(required=True)
+    target.add_argument("--index", type=int, metavar="N")
+    target.add_argument("--url", metavar="URL", help="the first location with this URL")
+    _add_etag(remove)
+
+    replace = _verb(
+        verbs, common, "replace", "Set the whole location list.", action=_replace_locations
+    )
+    replace.add_argument("image_id", metavar="ID")
+    given = replace.add_mutually_exclusive_group(required=True)
+    given.add_argument(
+        "--location", dest="urls", action="append", metavar="URL", help="repeat, in order"
+    )
+    given.add_argument(
+        "--locations-json",
+        dest="locations",
+        type=_json_locations,
+        metavar="JSON",
+        help='a JSON array of URLs or {"url": ..., "metadata": {...}} objects',
+    )
+    _add_validation_data(replace)
+    _add_etag(replace)
+
+
+def _verb(
+    verbs: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+    name: str,
+    help_text: str,
+    *,
+    action: Action,
+    view: str = "image",
+) -> argparse.ArgumentParser:
+    """A verb's parser that runs `action` and shows its result as `view`."""
+    verb = verbs.add_parser(name, help=help_text, description=help_text, parents=[common])
+    verb.set_defaults(action=action, view=view)
+    return verb
+
+
+def _add_etag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--etag", help="act only if the image's etag is still this one")
+
+
+def _add_metadata(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--metadata", type=_json_object, metavar="JSON", help="the location's metadata object"
+    )
+
+
+def _add_validation_data(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checksum", metavar="MD5", help="validation data for a queued image")
+    parser.add_argument("--os-hash-algo", metavar="ALGO")
+    parser.add_argument("--os-hash-value", metavar="HEX")
+
+
+def _non_negative(text: str) -> int:
+    """An argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
+    return value
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    """An argparse type: a JSON object."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({err})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object, got {text!r}")
+    return value
+
+
+def _json_locations(text: str) -> list[pb.Location]:
+    """An argparse type: a JSON array of URLs or {"url", "metadata"} objects."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({err})") from None
+    if not isinstance(value, list):
+        raise argparse.ArgumentTypeError("must be a JSON array of locations")
+    try:
+        return to_locations(value)
+    except (TypeError, ValueError) as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+# Commands.
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """Run the server with IMAGELOC_* settings, overridden by the flags given."""
+    from imageloc.server.config import Settings, parse_schemes
+
+    try:
+        settings = Settings.from_env()
+    except ValueError as err:
+        print(f"error: bad IMAGELOC_* setting: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    flags: dict[str, Any] = {
+        "listen": args.listen,
+        "database_url": args.database,
+        "location_quota": args.location_quota,
+        "delayed_delete": args.delayed_delete,
+        "location_schemes": (
+            None if args.location_schemes is None else parse_schemes(args.location_schemes)
+        ),
+    }
+    settings = dataclasses.replace(
+        settings, **{name: value for name, value in flags.items() if value is not None}
+    )
+    from imageloc.server.app import serve
+
+    try:
+        serve(settings)
+    except OSError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_REFUSED
+    return EXIT_OK
+
+
+def _call_server(args: argparse.Namespace) -> int:
+    """Run a client verb and print its result, or the refusal on stderr."""
+    try:
+        with ImageClient(args.server, timeout=args.timeout) as client:
+            result = args.action(client, args)
+    except ImagelocError as error:
+        shown = (
+            output.error_json(error) if args.json else output.error_text(error, server=args.server)
+        )
+        print(shown, file=sys.stderr)
+        return EXIT_REFUSED
+    print(_render(result, view=args.view, as_json=args.json))
+    return EXIT_OK
+
+
+def _render(result: Result, *, view: str, as_json: bool) -> str:
+    if isinstance(result, list):
+        if as_json:
+            return output.images_json(result)
+        return "\n".join(output.image_line(image) for image in result)
+    if view == "locations":
+        return output.locations_json(result) if as_json else output.locations_text(result)
+    return output.image_json(result) if as_json else output.image_text(result)
+
+
+def _create(client: ImageClient, args: argparse.Namespace) -> pb.Image:
+    return client.create_image(
+        args.name,
+        disk_format=args.disk_format,
+        container_format=args.container_format,
+        visibility=args.visibility,
+        protected=args.protected,
+        image_id=args.image_id,
+    )
+
+
+def _show(client: ImageClient, args: argparse.Namespace) -> pb.Image:
+    return client.get_image(args.image_id)
+
+
+def _list(client: ImageClient, args: argparse.Namespace) -> list[pb.Image]:
+    images = client.list_images(status=args.status, page_size=args.page_size)
+    return list(islice(images, args.limit))
+
+
+def _delete(client: ImageClient, args: argparse.Namespace) -> pb.Image:
+    return client.delete_image(args.image_id, etag=args.etag)
+
+
+def _complete(client: ImageClient, args: argparse.Namespace) -> pb.Image:
+    return client.complete_upload(
+        args.image_id,
+        url=args.url,
+        metadata=args.metadata,
+        size=args.size,
+        checksum=args.checksum,
+        os_hash_algo=args.os_hash_algo,
+        os_hash_value=args.os_hash_value,
+        etag=args.etag,
+    )
+
+
+def _lifecycle_action(call: Lifecycle) -> Action:
+    def action(client: ImageClient, args: argparse.Namespace) -> pb.Image:
+        return call(client, args.image_id, args.etag)
+
+    return action
+
+
+def _add_location(client: ImageClient, args: argparse.Namespace) -> pb.Image:
+    return client.add_location(
+        args.image_id,
+        args.url,
+        metadata=args.metadata,
+        index=args.index,
+        validation_data=_validation_data(args),
+        etag=args.etag,
+    )
+
+
+def _remove_location(client: ImageClient, args: argparse.Namespace) -> pb.Image:
+    return client.remove_location(args.image_id, index=args.index, url=args.url, etag=args.etag)
+
+
+def _replace_locations(client: ImageClient, args: argparse.Namespace) -> pb.Image:
+    locations: Sequence[pb.Location | str] = args.urls if args.locations is None else args.locations
+    return client.replace_locations(
+        args.image_id, locations, validation_data=_validation_data(args), etag=args.etag
+    )
+
+
+def _validation_data(args: argparse.Namespace) -> dict[str, str] | None:
+    """The --checksum/--os-hash-algo/--os-hash-value given, None when none is."""
+    given = {
+        "checksum": args.checksum,
+        "os_hash_algo": args.os_hash_algo,
+        "os_hash_value": args.os_hash_value,
+    }
+    data = {key: value for key, value in given.items() if value is not None}
+    return data or None
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

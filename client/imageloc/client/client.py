@@ -1,0 +1,249 @@
+"""ImageClient: typed Python calls to the imageloc ImageService over gRPC.
+
+Every method returns the resulting pb.Image (or a page / an iterator of them) and
+raises ImagelocError when the server refuses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from types import TracebackType
+from typing import TypeVar
+
+import grpc
+from google.protobuf.message import Message
+
+from imageloc.client.convert import (
+    LocationLike,
+    MetadataLike,
+    StatusLike,
+    ValidationLike,
+    VisibilityLike,
+    parse_status,
+    parse_visibility,
+    to_location,
+    to_locations,
+    to_validation_data,
+)
+from imageloc.client.errors import from_rpc_error
+from imageloc.v1 import image_service_pb2 as pb
+from imageloc.v1 import image_service_pb2_grpc as pb_grpc
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+
+_Request = TypeVar("_Request", bound=Message)
+_Response = TypeVar("_Response", bound=Message)
+
+
+class ImageClient:
+    """A connection to one imageloc server.
+
+    Give `target` ("host:port") to open an insecure channel the client owns and
+    closes, or `channel` to use one you own. `timeout` is the deadline of each
+    call, in seconds.
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        timeout: float = 10.0,
+        channel: grpc.Channel | None = None,
+    ) -> None:
+        self.target = target
+        self.timeout = timeout
+        self._owns_channel = channel is None
+        self._channel = grpc.insecure_channel(target) if channel is None else channel
+        self._stub = pb_grpc.ImageServiceStub(self._channel)
+
+    def __enter__(self) -> ImageClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the channel if the client opened it."""
+        if self._owns_channel:
+            self._channel.close()
+
+    def _call(
+        self, method: grpc.UnaryUnaryMultiCallable[_Request, _Response], request: _Request
+    ) -> _Response:
+        """Invoke one RPC with the client's deadline, turning refusals into ImagelocError."""
+        try:
+            return method(request, timeout=self.timeout)
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from err
+
+    # Images.
+
+    def create_image(
+        self,
+        name: str,
+        *,
+        disk_format: str = "",
+        container_format: str = "",
+        visibility: VisibilityLike | None = None,
+        protected: bool = False,
+        image_id: str | None = None,
+    ) -> pb.Image:
+        """Register a new image, queued; `image_id` None lets the server pick a UUID."""
+        request = pb.CreateImageRequest(
+            name=name,
+            disk_format=disk_format,
+            container_format=container_format,
+            visibility=parse_visibility(visibility),
+            protected=protected,
+        )
+        if image_id is not None:
+            request.id = image_id
+        return self._call(self._stub.CreateImage, request).image
+
+    def get_image(self, image_id: str) -> pb.Image:
+        """The image with this id."""
+        return self._call(self._stub.GetImage, pb.GetImageRequest(image_id=image_id)).image
+
+    def list_images_page(
+        self, *, page_size: int = 0, page_token: str = "", status: StatusLike | None = None
+    ) -> pb.ListImagesResponse:
+        """One page of images, newest first; pass its next_page_token for the next."""
+        request = pb.ListImagesRequest(page_size=page_size, page_token=page_token)
+        if status is not None:
+            request.status = parse_status(status)
+        return self._call(self._stub.ListImages, request)
+
+    def list_images(
+        self, *, status: StatusLike | None = None, page_size: int = 0
+    ) -> Iterator[pb.Image]:
+        """Every image (in `status` if given), newest first, fetching pages as needed."""
+        token = ""
+        while True:
+            page = self.list_images_page(page_size=page_size, page_token=token, status=status)
+            yield from page.images
+            token = page.next_page_token
+            if not token:
+                return
+
+    def delete_image(self, image_id: str, *, etag: str | None = None) -> pb.Image:
+        """Delete an image; returns it as deleted (or pending_delete)."""
+        request = pb.DeleteImageRequest(image_id=image_id, etag=etag)
+        return self._call(self._stub.DeleteImage, request).image
+
+    # Lifecycle.
+
+    def begin_upload(self, image_id: str, *, etag: str | None = None) -> pb.Image:
+        """Move a queued image to saving."""
+        request = pb.BeginUploadRequest(image_id=image_id, etag=etag)
+        return self._call(self._stub.BeginUpload, request).image
+
+    def complete_upload(
+        self,
+        image_id: str,
+        *,
+        url: str,
+        metadata: MetadataLike | None = None,
+        size: int = 0,
+        checksum: str = "",
+        os_hash_algo: str = "",
+        os_hash_value: str = "",
+        etag: str | None = None,
+    ) -> pb.Image:
+        """Move a saving or importing image to active, with `url` as its first location."""
+        request = pb.CompleteUploadRequest(
+            image_id=image_id,
+            location=to_location((url, metadata)),
+            size=size,
+            checksum=checksum,
+            os_hash_algo=os_hash_algo,
+            os_hash_value=os_hash_value,
+            etag=etag,
+        )
+        return self._call(self._stub.CompleteUpload, request).image
+
+    def fail_upload(self, image_id: str, *, etag: str | None = None) -> pb.Image:
+        """Move a saving image to killed."""
+        request = pb.FailUploadRequest(image_id=image_id, etag=etag)
+        return self._call(self._stub.FailUpload, request).image
+
+    def stage_image(self, image_id: str, *, etag: str | None = None) -> pb.Image:
+        """Move a queued image to uploading."""
+        request = pb.StageImageRequest(image_id=image_id, etag=etag)
+        return self._call(self._stub.StageImage, request).image
+
+    def begin_import(self, image_id: str, *, etag: str | None = None) -> pb.Image:
+        """Move a queued or uploading image to importing."""
+        request = pb.BeginImportRequest(image_id=image_id, etag=etag)
+        return self._call(self._stub.BeginImport, request).image
+
+    def deactivate_image(self, image_id: str, *, etag: str | None = None) -> pb.Image:
+        """Move an active image to deactivated."""
+        request = pb.DeactivateImageRequest(image_id=image_id, etag=etag)
+        return self._call(self._stub.DeactivateImage, request).image
+
+    def reactivate_image(self, image_id: str, *, etag: str | None = None) -> pb.Image:
+        """Move a deactivated image to active."""
+        request = pb.ReactivateImageRequest(image_id=image_id, etag=etag)
+        return self._call(self._stub.ReactivateImage, request).image
+
+    # Locations.
+
+    def add_location(
+        self,
+        image_id: str,
+        url: str,
+        *,
+        metadata: MetadataLike | None = None,
+        index: int | None = None,
+        validation_data: ValidationLike | None = None,
+        etag: str | None = None,
+    ) -> pb.Image:
+        """Insert a location at `index` (None appends); a queued image becomes active."""
+        request = pb.AddLocationRequest(
+            image_id=image_id,
+            location=to_location((url, metadata)),
+            index=index,
+            validation_data=to_validation_data(validation_data),
+            etag=etag,
+        )
+        return self._call(self._stub.AddLocation, request).image
+
+    def remove_location(
+        self,
+        image_id: str,
+        *,
+        index: int | None = None,
+        url: str | None = None,
+        etag: str | None = None,
+    ) -> pb.Image:
+        """Remove the location at `index` or the first with `url`; give exactly one."""
+        if (index is None) == (url is None):
+            raise ValueError("give exactly one of index and url")
+        request = pb.RemoveLocationRequest(image_id=image_id, etag=etag)
+        if index is not None:
+            request.index = index
+        if url is not None:
+            request.url = url
+        return self._call(self._stub.RemoveLocation, request).image
+
+    def replace_locations(
+        self,
+        image_id: str,
+        locations: Sequence[LocationLike],
+        *,
+        validation_data: ValidationLike | None = None,
+        etag: str | None = None,
+    ) -> pb.Image:
+        """Set the whole location list, in order; a queued image becomes active."""
+        request = pb.ReplaceLocationRequest(
+            image_id=image_id,
+            locations=to_locations(locations),
+            validation_data=to_validation_data(validation_data),
+            etag=etag,
+        )
+        return self._call(self._stub.ReplaceLocation, request).image
