@@ -1,0 +1,82 @@
+"""An in-memory store implementing the domain's ports, for tests of the layers above it."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Self
+
+from imageloc.server.domain.model import GONE_STATUSES, Image, ImageStatus
+from imageloc.server.domain.ports import ListCursor
+
+
+class InMemoryImages:
+    """ImageRepository over a dict; writes go to a staging copy until commit."""
+
+    def __init__(self, rows: dict[str, Image]) -> None:
+        self.rows = rows
+
+    def get(self, image_id: str) -> Image | None:
+        return self.rows.get(image_id)
+
+    def add(self, image: Image) -> bool:
+        if image.id in self.rows:
+            return False
+        self.rows[image.id] = image
+        return True
+
+    def save(self, old: Image, new: Image) -> bool:
+        stored = self.rows.get(old.id)
+        if stored is None or stored.revision != old.revision:
+            return False
+        self.rows[old.id] = new
+        return True
+
+    def list(
+        self, *, limit: int, after: ListCursor | None, status: ImageStatus | None
+    ) -> Sequence[Image]:
+        ordered = sorted(self.rows.values(), key=lambda i: (i.created_at, i.id), reverse=True)
+        chosen = [
+            image
+            for image in ordered
+            if image.status not in GONE_STATUSES
+            and (status is None or image.status is status)
+            and (after is None or (image.created_at, image.id) < after)
+        ]
+        return chosen[:limit]
+
+
+class InMemoryStore:
+    """A unit-of-work factory whose transactions are serialised by one lock."""
+
+    def __init__(self) -> None:
+        self.committed: dict[str, Image] = {}
+        self.lock = threading.Lock()
+
+    def unit_of_work(self, *, for_write: bool) -> InMemoryUnitOfWork:
+        return InMemoryUnitOfWork(self)
+
+
+class InMemoryUnitOfWork:
+    """Copies the committed rows on enter; commit() publishes the copy."""
+
+    def __init__(self, store: InMemoryStore) -> None:
+        self._store = store
+        self.images = InMemoryImages({})
+
+    def __enter__(self) -> Self:
+        self._store.lock.acquire()
+        self.images = InMemoryImages(dict(self._store.committed))
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._store.lock.release()
+
+    def commit(self) -> None:
+        self._store.committed = dict(self.images.rows)

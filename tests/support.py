@@ -1,0 +1,116 @@
+"""Test helpers: decode rich refusals and put images into any status through the API."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from imageloc.v1 import image_service_pb2 as pb
+from imageloc.v1 import image_service_pb2_grpc as pb_grpc
+
+
+@dataclasses.dataclass
+class Refusal:
+    """A decoded refusal: code, message and every rich detail."""
+
+    code: grpc.StatusCode
+    message: str
+    info: error_details_pb2.ErrorInfo
+    details: list[Any]
+
+    def detail(self, kind: type[Any]) -> Any:
+        found = [d for d in self.details if isinstance(d, kind)]
+        assert len(found) == 1, f"want one {kind.__name__} in {self.details}"
+        return found[0]
+
+
+DETAIL_TYPES: list[type[Message]] = [
+    error_details_pb2.ErrorInfo,
+    error_details_pb2.PreconditionFailure,
+    error_details_pb2.BadRequest,
+    error_details_pb2.ResourceInfo,
+    error_details_pb2.QuotaFailure,
+]
+
+
+def refusal_of(call: Callable[[], object]) -> Refusal:
+    """Run call, which must fail, and decode grpc-status-details-bin."""
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    error = caught.value
+    status: status_pb2.Status | None = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None, f"no rich status on {error}"
+    details = []
+    for packed in status.details:
+        for kind in DETAIL_TYPES:
+            detail = kind()
+            if packed.Unpack(detail):
+                details.append(detail)
+    infos = [d for d in details if isinstance(d, error_details_pb2.ErrorInfo)]
+    assert len(infos) == 1, f"want exactly one ErrorInfo in {details}"
+    code: grpc.StatusCode = error.code()
+    return Refusal(code=code, message=status.message, info=infos[0], details=details)
+
+
+def location(url: str, **metadata: Any) -> pb.Location:
+    """A Location message."""
+    message = pb.Location(url=url)
+    message.metadata.update(metadata)
+    return message
+
+
+SHA512 = "ab" * 64
+MD5 = "cd" * 16
+
+#: Statuses an image can be put in and still be seen through the API.
+VISIBLE_STATUSES = [
+    "queued",
+    "saving",
+    "active",
+    "killed",
+    "deactivated",
+    "uploading",
+    "importing",
+]
+
+
+def status_name(number: pb.ImageStatus.ValueType) -> str:
+    """Glance's lowercase word for an ImageStatus number."""
+    return pb.ImageStatus.Name(number).removeprefix("IMAGE_STATUS_").lower()
+
+
+def make_image(
+    stub: pb_grpc.ImageServiceStub,
+    status: str,
+    *,
+    urls: tuple[str, ...] = ("https://store.example/a.img", "rbd://fsid/pool/b/snap"),
+    **create: Any,
+) -> pb.Image:
+    """A new image brought to status through the API; active ones get locations urls."""
+    fields: dict[str, Any] = {"name": "cirros", "disk_format": "qcow2", "container_format": "bare"}
+    fields.update(create)
+    image = stub.CreateImage(pb.CreateImageRequest(**fields)).image
+    image_id = image.id
+    if status in ("active", "deactivated"):
+        image = stub.ReplaceLocation(
+            pb.ReplaceLocationRequest(image_id=image_id, locations=[location(u) for u in urls])
+        ).image
+    if status == "deactivated":
+        image = stub.DeactivateImage(pb.DeactivateImageRequest(image_id=image_id)).image
+    if status in ("saving", "killed"):
+        image = stub.BeginUpload(pb.BeginUploadRequest(image_id=image_id)).image
+    if status == "killed":
+        image = stub.FailUpload(pb.FailUploadRequest(image_id=image_id)).image
+    if status == "uploading":
+        image = stub.StageImage(pb.StageImageRequest(image_id=image_id)).image
+    if status == "importing":
+        image = stub.BeginImport(pb.BeginImportRequest(image_id=image_id)).image
+    assert status_name(image.status) == status
+    return image
