@@ -7,12 +7,13 @@ from collections.abc import Callable
 
 import grpc
 import pytest
-from conftest import ServerFactory
 from google.rpc import error_details_pb2
-from support import MD5, SHA512, VISIBLE_STATUSES, Refusal, location, make_image, refusal_of
 
 from imageloc.v1 import image_service_pb2 as pb
 from imageloc.v1 import image_service_pb2_grpc as pb_grpc
+
+from conftest import ServerFactory
+from support import MD5, SHA512, VISIBLE_STATUSES, Refusal, location, make_image, refusal_of
 
 Code = grpc.StatusCode
 NEW_URL = "https://store.example/new.img"

@@ -8,10 +8,11 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from support import MD5, SHA512, location, make_image, status_name
 
 from imageloc.v1 import image_service_pb2 as pb
 from imageloc.v1 import image_service_pb2_grpc as pb_grpc
+
+from support import MD5, SHA512, location, make_image, status_name
 
 URLS = ["https://store.example/a.img", "rbd://fsid/pool/b/snap", "s3://bucket/c"]
 

@@ -11,13 +11,15 @@ from typing import Any
 import grpc
 import grpc_testing
 import pytest
-from fakes import InMemoryStore
-from support import location
 
 from imageloc.server.domain.policy import LocationPolicy
+from imageloc.server.domain.ports import StoreUnavailableError
 from imageloc.server.service import ImageService
 from imageloc.server.servicer import ImageServicer
 from imageloc.v1 import image_service_pb2 as pb
+
+from fakes import InMemoryStore
+from support import location
 
 SERVICE = pb.DESCRIPTOR.services_by_name["ImageService"]
 
@@ -83,3 +85,31 @@ def test_reads_answer_documented_codes(
     server: Any, method: str, request_message: Any, expected: grpc.StatusCode
 ) -> None:
     assert invoke(server, method, request_message)[1] is expected
+
+
+class BrokenStore:
+    """A unit-of-work factory that fails the way a store can."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def unit_of_work(self, *, for_write: bool) -> Any:
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (StoreUnavailableError("connection refused"), grpc.StatusCode.UNAVAILABLE),
+        (RuntimeError("a bug"), grpc.StatusCode.INTERNAL),
+    ],
+)
+def test_store_failures_are_unavailable_and_bugs_internal(
+    error: Exception, expected: grpc.StatusCode
+) -> None:
+    service = ImageService(BrokenStore(error).unit_of_work, policy=LocationPolicy())
+    server = grpc_testing.server_from_dictionary(
+        {SERVICE: ImageServicer(service)}, grpc_testing.strict_real_time()
+    )
+    request = pb.GetImageRequest(image_id="00000000-0000-4000-8000-000000000000")
+    assert invoke(server, "GetImage", request)[1] is expected

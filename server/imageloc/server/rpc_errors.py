@@ -50,6 +50,7 @@ TRANSITION_HTTP_STATUS: dict[Action, int] = {
 #: Refusals that are not the caller's fault: the server's state or load.
 UNAVAILABLE_REASON = "STORE_UNAVAILABLE"
 CONCURRENT_UPDATE_REASON = "CONCURRENT_UPDATE"
+INTERNAL_REASON = "INTERNAL_ERROR"
 
 
 def http_status_of(error: DomainError) -> int:

@@ -20,6 +20,7 @@ from imageloc.server.domain.errors import DomainError
 from imageloc.server.domain.ports import StoreUnavailableError
 from imageloc.server.rpc_errors import (
     CONCURRENT_UPDATE_REASON,
+    INTERNAL_REASON,
     UNAVAILABLE_REASON,
     domain_error_status,
     server_status,
@@ -63,6 +64,13 @@ def refusals(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
         except ConcurrentUpdateError as error:
             abort_with(
                 context, server_status(code_pb2.ABORTED, CONCURRENT_UPDATE_REASON, str(error), 409)
+            )
+        except Exception:
+            # A bug, not a refusal: log it whole, and still answer with an ErrorInfo.
+            log.exception("unexpected error in %s", handler.__name__)
+            abort_with(
+                context,
+                server_status(code_pb2.INTERNAL, INTERNAL_REASON, "Internal server error.", 500),
             )
 
     return wrapped
