@@ -13,6 +13,7 @@ import dataclasses
 import datetime
 import hashlib
 import json
+import time
 import uuid
 from collections.abc import Callable, Sequence
 
@@ -39,6 +40,10 @@ MAX_WRITE_ATTEMPTS = 50
 
 class ConcurrentUpdateError(Exception):
     """A write kept losing races to other writers; the caller may retry."""
+
+
+class DeadlineExceededError(Exception):
+    """The call's deadline passed before its write could be decided on fresh state."""
 
 
 def utc_now() -> datetime.datetime:
@@ -70,11 +75,28 @@ class ImageService:
         policy: LocationPolicy,
         delayed_delete: bool = False,
         clock: Callable[[], datetime.datetime] = utc_now,
+        deadline: float | None = None,
     ) -> None:
         self._uow = unit_of_work
         self._policy = policy
         self._delayed_delete = delayed_delete
         self._clock = clock
+        self._deadline = deadline
+
+    def bounded(self, seconds_left: float | None) -> ImageService:
+        """This service for one call that must end within seconds_left (None: no bound).
+
+        A write that loses a race is decided again until the bound passes.
+        """
+        if seconds_left is None:
+            return self
+        return ImageService(
+            self._uow,
+            policy=self._policy,
+            delayed_delete=self._delayed_delete,
+            clock=self._clock,
+            deadline=time.monotonic() + seconds_left,
+        )
 
     # Reads
 
@@ -265,6 +287,8 @@ class ImageService:
     def _mutate(self, image_id: str, etag: str | None, decide: Decision) -> Image:
         image_id = inputs.parse_image_id(image_id)
         for _ in range(MAX_WRITE_ATTEMPTS):
+            if self._deadline is not None and time.monotonic() >= self._deadline:
+                raise DeadlineExceededError(f"the deadline passed before image {image_id} changed")
             with self._uow(for_write=True) as uow:
                 current = _visible(uow.images.get(image_id), image_id)
                 if etag is not None and etag != etag_of(current):

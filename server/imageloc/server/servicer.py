@@ -20,12 +20,13 @@ from imageloc.server.domain.errors import DomainError
 from imageloc.server.domain.ports import StoreUnavailableError
 from imageloc.server.rpc_errors import (
     CONCURRENT_UPDATE_REASON,
+    DEADLINE_REASON,
     INTERNAL_REASON,
     UNAVAILABLE_REASON,
     domain_error_status,
     server_status,
 )
-from imageloc.server.service import ConcurrentUpdateError, ImageService
+from imageloc.server.service import ConcurrentUpdateError, DeadlineExceededError, ImageService
 from imageloc.v1 import image_service_pb2 as pb
 from imageloc.v1 import image_service_pb2_grpc as pb_grpc
 
@@ -61,6 +62,11 @@ def refusals(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
                     code_pb2.UNAVAILABLE, UNAVAILABLE_REASON, "The image store is unavailable.", 503
                 ),
             )
+        except DeadlineExceededError as error:
+            abort_with(
+                context,
+                server_status(code_pb2.DEADLINE_EXCEEDED, DEADLINE_REASON, str(error), 504),
+            )
         except ConcurrentUpdateError as error:
             abort_with(
                 context, server_status(code_pb2.ABORTED, CONCURRENT_UPDATE_REASON, str(error), 409)
@@ -86,11 +92,15 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
     def __init__(self, service: ImageService) -> None:
         self._service = service
 
+    def _bounded(self, context: grpc.ServicerContext) -> ImageService:
+        """The service, bounded by the call's deadline when it has one."""
+        return self._service.bounded(context.time_remaining())
+
     @refusals
     def CreateImage(
         self, request: pb.CreateImageRequest, context: grpc.ServicerContext
     ) -> pb.CreateImageResponse:
-        image = self._service.create_image(
+        image = self._bounded(context).create_image(
             name=request.name,
             disk_format=request.disk_format,
             container_format=request.container_format,
@@ -104,7 +114,7 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
     def GetImage(
         self, request: pb.GetImageRequest, context: grpc.ServicerContext
     ) -> pb.GetImageResponse:
-        image = self._service.get_image(request.image_id)
+        image = self._bounded(context).get_image(request.image_id)
         return pb.GetImageResponse(image=convert.image_to_proto(image))
 
     @refusals
@@ -112,7 +122,7 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
         self, request: pb.ListImagesRequest, context: grpc.ServicerContext
     ) -> pb.ListImagesResponse:
         status = convert.status_from_proto(request.status) if request.HasField("status") else None
-        page = self._service.list_images(
+        page = self._bounded(context).list_images(
             page_size=request.page_size, page_token=request.page_token, status=status
         )
         return pb.ListImagesResponse(
@@ -124,21 +134,21 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
     def DeleteImage(
         self, request: pb.DeleteImageRequest, context: grpc.ServicerContext
     ) -> pb.DeleteImageResponse:
-        image = self._service.delete_image(request.image_id, etag=_etag(request))
+        image = self._bounded(context).delete_image(request.image_id, etag=_etag(request))
         return pb.DeleteImageResponse(image=convert.image_to_proto(image))
 
     @refusals
     def BeginUpload(
         self, request: pb.BeginUploadRequest, context: grpc.ServicerContext
     ) -> pb.BeginUploadResponse:
-        image = self._service.begin_upload(request.image_id, etag=_etag(request))
+        image = self._bounded(context).begin_upload(request.image_id, etag=_etag(request))
         return pb.BeginUploadResponse(image=convert.image_to_proto(image))
 
     @refusals
     def CompleteUpload(
         self, request: pb.CompleteUploadRequest, context: grpc.ServicerContext
     ) -> pb.CompleteUploadResponse:
-        image = self._service.complete_upload(
+        image = self._bounded(context).complete_upload(
             request.image_id,
             location=convert.optional_location(request),
             size=request.size,
@@ -153,42 +163,42 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
     def FailUpload(
         self, request: pb.FailUploadRequest, context: grpc.ServicerContext
     ) -> pb.FailUploadResponse:
-        image = self._service.fail_upload(request.image_id, etag=_etag(request))
+        image = self._bounded(context).fail_upload(request.image_id, etag=_etag(request))
         return pb.FailUploadResponse(image=convert.image_to_proto(image))
 
     @refusals
     def StageImage(
         self, request: pb.StageImageRequest, context: grpc.ServicerContext
     ) -> pb.StageImageResponse:
-        image = self._service.stage_image(request.image_id, etag=_etag(request))
+        image = self._bounded(context).stage_image(request.image_id, etag=_etag(request))
         return pb.StageImageResponse(image=convert.image_to_proto(image))
 
     @refusals
     def BeginImport(
         self, request: pb.BeginImportRequest, context: grpc.ServicerContext
     ) -> pb.BeginImportResponse:
-        image = self._service.begin_import(request.image_id, etag=_etag(request))
+        image = self._bounded(context).begin_import(request.image_id, etag=_etag(request))
         return pb.BeginImportResponse(image=convert.image_to_proto(image))
 
     @refusals
     def DeactivateImage(
         self, request: pb.DeactivateImageRequest, context: grpc.ServicerContext
     ) -> pb.DeactivateImageResponse:
-        image = self._service.deactivate_image(request.image_id, etag=_etag(request))
+        image = self._bounded(context).deactivate_image(request.image_id, etag=_etag(request))
         return pb.DeactivateImageResponse(image=convert.image_to_proto(image))
 
     @refusals
     def ReactivateImage(
         self, request: pb.ReactivateImageRequest, context: grpc.ServicerContext
     ) -> pb.ReactivateImageResponse:
-        image = self._service.reactivate_image(request.image_id, etag=_etag(request))
+        image = self._bounded(context).reactivate_image(request.image_id, etag=_etag(request))
         return pb.ReactivateImageResponse(image=convert.image_to_proto(image))
 
     @refusals
     def AddLocation(
         self, request: pb.AddLocationRequest, context: grpc.ServicerContext
     ) -> pb.AddLocationResponse:
-        image = self._service.add_location(
+        image = self._bounded(context).add_location(
             request.image_id,
             location=convert.optional_location(request),
             index=request.index if request.HasField("index") else None,
@@ -202,7 +212,7 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
         self, request: pb.RemoveLocationRequest, context: grpc.ServicerContext
     ) -> pb.RemoveLocationResponse:
         target = request.WhichOneof("target")
-        image = self._service.remove_location(
+        image = self._bounded(context).remove_location(
             request.image_id,
             index=request.index if target == "index" else None,
             url=request.url if target == "url" else None,
@@ -214,7 +224,7 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
     def ReplaceLocation(
         self, request: pb.ReplaceLocationRequest, context: grpc.ServicerContext
     ) -> pb.ReplaceLocationResponse:
-        image = self._service.replace_locations(
+        image = self._bounded(context).replace_locations(
             request.image_id,
             new_locations=[convert.location_from_proto(loc) for loc in request.locations],
             validation_data=convert.validation_data_from_proto(request),
