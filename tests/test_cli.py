@@ -7,14 +7,12 @@ import socket
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from imageloc.client.cli import main
-from imageloc.server.app import create_server
 from imageloc.server.config import Settings
 
 URL_A = "http://store.example/a"
@@ -23,14 +21,9 @@ SHA512 = "ab" * 64
 
 
 @pytest.fixture
-def server_address(tmp_path: Path) -> Iterator[str]:
-    """A real imageloc server with SQLite in tmp_path."""
-    server, port = create_server(
-        Settings(listen="127.0.0.1:0", database_url=f"sqlite:///{tmp_path}/t.db")
-    )
-    server.start()
-    yield f"127.0.0.1:{port}"
-    server.stop(None)
+def server_address(target: str) -> str:
+    """A real imageloc server with SQLite in tmp_path (conftest's `target`)."""
+    return target
 
 
 class Cli:

@@ -6,7 +6,6 @@ import hashlib
 import socket
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -18,8 +17,6 @@ from imageloc.client import (
     parse_visibility,
     status_word,
 )
-from imageloc.server.app import create_server
-from imageloc.server.config import Settings
 from imageloc.v1 import image_service_pb2 as pb
 
 DATA = b"image data"
@@ -31,14 +28,9 @@ URL_C = "http://store.example/c"
 
 
 @pytest.fixture
-def server_address(tmp_path: Path) -> Iterator[str]:
-    """A real imageloc server with SQLite in tmp_path."""
-    server, port = create_server(
-        Settings(listen="127.0.0.1:0", database_url=f"sqlite:///{tmp_path}/t.db")
-    )
-    server.start()
-    yield f"127.0.0.1:{port}"
-    server.stop(None)
+def server_address(target: str) -> str:
+    """A real imageloc server with SQLite in tmp_path (conftest's `target`)."""
+    return target
 
 
 @pytest.fixture
