@@ -102,8 +102,8 @@ def _add_client_options(parser: argparse.ArgumentParser, *, defaults: bool) -> N
         "--timeout",
         type=float,
         metavar="SECONDS",
-        default=10.0 if defaults else unset,
-        help="deadline of each call in seconds (default: 10)",
+        default=None if defaults else unset,
+        help="deadline of each call in seconds (default: the service config's, 5-10 s)",
     )
 
 

@@ -13,6 +13,7 @@ from typing import TypeVar
 import grpc
 from google.protobuf.message import Message
 
+from imageloc.client.channel import open_channel
 from imageloc.client.convert import (
     LocationLike,
     MetadataLike,
@@ -38,22 +39,23 @@ _Response = TypeVar("_Response", bound=Message)
 class ImageClient:
     """A connection to one imageloc server.
 
-    Give `target` ("host:port") to open an insecure channel the client owns and
-    closes, or `channel` to use one you own. `timeout` is the deadline of each
-    call, in seconds.
+    Give `target` ("host:port") to open a channel the client owns and closes, with
+    the shipped service config (per-method deadlines, retries of safe calls) and
+    keepalive; or `channel` to use one you own. `timeout`, when given, is the
+    deadline of each call in seconds, instead of the service config's.
     """
 
     def __init__(
         self,
         target: str = DEFAULT_TARGET,
         *,
-        timeout: float = 10.0,
+        timeout: float | None = None,
         channel: grpc.Channel | None = None,
     ) -> None:
         self.target = target
         self.timeout = timeout
         self._owns_channel = channel is None
-        self._channel = grpc.insecure_channel(target) if channel is None else channel
+        self._channel = open_channel(target) if channel is None else channel
         self._stub = pb_grpc.ImageServiceStub(self._channel)
 
     def __enter__(self) -> ImageClient:

@@ -27,6 +27,19 @@ log = logging.getLogger("imageloc.server")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ImageService"].full_name
 
+#: The server accepts client keepalive pings this often at most; the client libraries
+#: ping every 30 s (imageloc.client.channel), well above it.
+SERVER_MIN_PING_INTERVAL_MS = 10_000
+
+SERVER_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", SERVER_MIN_PING_INTERVAL_MS),
+    ("grpc.http2.min_ping_interval_without_data_ms", SERVER_MIN_PING_INTERVAL_MS),
+    ("grpc.http2.max_ping_strikes", 2),
+]
+
 
 @dataclasses.dataclass
 class Server:
@@ -59,7 +72,9 @@ def build_server(settings: Settings) -> Server:
         policy=settings.location_policy,
         delayed_delete=settings.delayed_delete,
     )
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=settings.max_workers))
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=settings.max_workers), options=SERVER_OPTIONS
+    )
     pb_grpc.add_ImageServiceServicer_to_server(ImageServicer(service), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
