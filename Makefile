@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+BREAKING_AGAINST ?= HEAD~1
 
 .PHONY: serve test check lint typecheck proto-lint generate check-generated pytest clean
 
@@ -32,6 +33,11 @@ typecheck: $(STAMP)
 proto-lint: $(STAMP)
 	$(BIN)/buf lint
 	$(BIN)/buf format --diff --exit-code
+	@# An incompatible API change must not land silently: compare with the previous commit.
+	@if git rev-parse -q --verify "$(BREAKING_AGAINST)^{commit}" >/dev/null; then \
+	  echo "buf breaking --against .git#ref=$(BREAKING_AGAINST)"; \
+	  $(BIN)/buf breaking --against ".git#ref=$(BREAKING_AGAINST)"; \
+	else echo "buf breaking: no $(BREAKING_AGAINST) to compare with, skipped"; fi
 
 ## Regenerate every committed stub from protos/.
 generate: $(STAMP)
