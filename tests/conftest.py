@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import pathlib
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
 import pytest
+from sqlalchemy import create_engine, make_url, text
 
 from imageloc.server.app import Server, build_server
 from imageloc.server.config import Settings
@@ -16,18 +20,50 @@ from imageloc.v1 import image_service_pb2_grpc as pb_grpc
 ServerFactory = Callable[..., str]
 
 
+POSTGRES_URL = os.environ.get("IMAGELOC_TEST_POSTGRES_URL", "")
+
+
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param(
+            "postgresql",
+            marks=[
+                pytest.mark.postgres,
+                pytest.mark.skipif(not POSTGRES_URL, reason="IMAGELOC_TEST_POSTGRES_URL not set"),
+            ],
+        ),
+    ]
+)
+def database_url(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Iterator[str]:
+    """A URL to an empty database of its own: a SQLite file or a fresh PostgreSQL schema.
+
+    Every test that uses it, directly or through a server, runs once per backend.
+    """
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'imageloc.db'}"
+        return
+    schema = f"test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES_URL)
+    with admin.begin() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    url = make_url(POSTGRES_URL).update_query_dict({"options": f"-csearch_path={schema}"})
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as connection:
+            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
 @pytest.fixture
-def server_factory(tmp_path: Any) -> Iterator[ServerFactory]:
-    """Start servers on ephemeral ports with SQLite in tmp_path; setting overrides as kwargs."""
+def server_factory(database_url: str) -> Iterator[ServerFactory]:
+    """Start servers on ephemeral ports on this test's database; setting overrides as kwargs."""
     started: list[Server] = []
 
     def start(**overrides: Any) -> str:
         settings = dataclasses.replace(
-            Settings(
-                listen="127.0.0.1:0",
-                database_url=f"sqlite:///{tmp_path}/imageloc-{len(started)}.db",
-            ),
-            **overrides,
+            Settings(listen="127.0.0.1:0", database_url=database_url), **overrides
         )
         server = build_server(settings)
         server.start()

@@ -9,6 +9,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from imageloc.server.app import build_server
+from imageloc.server.config import Settings
 from imageloc.v1 import image_service_pb2 as pb
 from imageloc.v1 import image_service_pb2_grpc as pb_grpc
 
@@ -199,19 +201,14 @@ def test_page_token_is_bound_to_its_filter(stub: pb_grpc.ImageServiceStub) -> No
     assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
 
 
-def test_data_survives_a_restart(server_factory: object, tmp_path: object) -> None:
-    import dataclasses
-
-    from imageloc.server.app import build_server
-    from imageloc.server.config import Settings
-
-    settings = Settings(listen="127.0.0.1:0", database_url=f"sqlite:///{tmp_path}/restart.db")
+def test_data_survives_a_restart(database_url: str) -> None:
+    settings = Settings(listen="127.0.0.1:0", database_url=database_url)
     first = build_server(settings)
     first.start()
     with grpc.insecure_channel(f"127.0.0.1:{first.port}") as channel:
         image = make_image(pb_grpc.ImageServiceStub(channel), "active")
     first.stop(None)
-    second = build_server(dataclasses.replace(settings))
+    second = build_server(settings)
     second.start()
     try:
         with grpc.insecure_channel(f"127.0.0.1:{second.port}") as channel:
