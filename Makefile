@@ -4,9 +4,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+NODE_STAMP := node_modules/.installed
 BREAKING_AGAINST ?= HEAD~1
 
-.PHONY: serve test check lint typecheck proto-lint generate check-generated pytest clean
+.PHONY: serve test check lint typecheck proto-lint generate check-generated pytest clean node-typecheck node-test
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,14 +15,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+$(NODE_STAMP): package.json package-lock.json
+	npm ci
+	touch $(NODE_STAMP)
+
 ## Serve on 127.0.0.1:50051 with the embedded SQLite store (./imageloc.db).
 serve: $(STAMP)
 	$(BIN)/imageloc serve
 
 ## Every check and every test: what CI runs.
-test: check pytest
+test: check node-test pytest
 
-check: lint typecheck proto-lint check-generated
+check: lint typecheck proto-lint check-generated node-typecheck
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -40,18 +45,25 @@ proto-lint: $(STAMP)
 	else echo "buf breaking: no $(BREAKING_AGAINST) to compare with, skipped"; fi
 
 ## Regenerate every committed stub from protos/.
-generate: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/buf generate
+generate: $(STAMP) $(NODE_STAMP)
+	tools/generate.sh
 
 ## Fail when the committed stubs differ from what protos/ generates.
-check-generated: $(STAMP)
+check-generated: $(STAMP) $(NODE_STAMP)
 	@tmp=$$(mktemp -d) && \
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/buf generate -o $$tmp && \
+	tools/generate.sh $$tmp && \
 	if diff -r $$tmp/generated generated; then rm -rf $$tmp; \
 	else rm -rf $$tmp; echo "generated/ is stale: run 'make generate' and commit"; exit 1; fi
 
 pytest: $(STAMP)
 	$(BIN)/pytest
 
+node-typecheck: $(NODE_STAMP)
+	npm run typecheck
+
+## The Node client's tests (they start their own server from .venv).
+node-test: $(STAMP) $(NODE_STAMP)
+	npm test
+
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache node_modules build

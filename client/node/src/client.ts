@@ -1,0 +1,133 @@
+// ImageClient: a typed wrapper over the generated ImageService on a gRPC (HTTP/2)
+// transport with keepalive and the shipped service config; refusals throw ImagelocError.
+import type { DescMessage, MessageInitShape } from "@bufbuild/protobuf";
+import { type CallOptions, type Client, type Interceptor, createClient } from "@connectrpc/connect";
+import { Http2SessionManager, createGrpcTransport } from "@connectrpc/connect-node";
+import {
+  type AddLocationRequestSchema,
+  type BeginImportRequestSchema,
+  type BeginUploadRequestSchema,
+  type CompleteUploadRequestSchema,
+  type CreateImageRequestSchema,
+  type DeactivateImageRequestSchema,
+  type DeleteImageRequestSchema,
+  type FailUploadRequestSchema,
+  type GetImageRequestSchema,
+  type Image,
+  ImageService,
+  type ListImagesRequestSchema,
+  type ReactivateImageRequestSchema,
+  type RemoveLocationRequestSchema,
+  type ReplaceLocationRequestSchema,
+  type StageImageRequestSchema,
+} from "../../../generated/ts/imageloc/v1/image_service_pb.js";
+import { ImagelocError } from "./errors.js";
+import { ServiceConfig, serviceConfigInterceptor } from "./service-config.js";
+
+/** HTTP/2 keepalive, as the Python client: the server accepts pings every >= 10 s. */
+export const KEEPALIVE = { pingIntervalMs: 30_000, pingTimeoutMs: 10_000, pingIdleConnection: true } as const;
+
+export interface ImageClientOptions {
+  /** Defaults to the shipped client/imageloc/client/service_config.json. */
+  serviceConfig?: ServiceConfig;
+  /** Run inside the service-config interceptor, so once per attempt. */
+  interceptors?: Interceptor[];
+}
+
+type Init<T extends DescMessage> = MessageInitShape<T>;
+
+export class ImageClient {
+  private readonly session: Http2SessionManager;
+  private readonly rpc: Client<typeof ImageService>;
+
+  /** target is "host:port" (plaintext) or a URL such as "http://127.0.0.1:50051". */
+  constructor(target: string, options: ImageClientOptions = {}) {
+    const baseUrl = target.includes("://") ? target : `http://${target}`;
+    this.session = new Http2SessionManager(baseUrl, KEEPALIVE);
+    const transport = createGrpcTransport({
+      baseUrl,
+      sessionManager: this.session,
+      interceptors: [serviceConfigInterceptor(options.serviceConfig ?? ServiceConfig.load()), ...(options.interceptors ?? [])],
+    });
+    this.rpc = createClient(ImageService, transport);
+  }
+
+  /** Closes the HTTP/2 connection. */
+  close(): void {
+    this.session.abort();
+  }
+
+  createImage(req: Init<typeof CreateImageRequestSchema>, opt?: CallOptions): Promise<Image> {
+    return image(this.rpc.createImage(req, opt));
+  }
+
+  getImage(req: Init<typeof GetImageRequestSchema>, opt?: CallOptions): Promise<Image> {
+    return image(this.rpc.getImage(req, opt));
+  }
+
+  /** Every image matching req, newest first, fetching pages as the caller iterates. */
+  async *listImages(req: Init<typeof ListImagesRequestSchema> = {}, opt?: CallOptions): AsyncGenerator<Image> {
+    let pageToken = req.pageToken ?? "";
+    do {
+      const page = await this.rpc.listImages({ ...req, pageToken }, opt).catch(rethrow);
+      yield* page.images;
+      pageToken = page.nextPageToken;
+    } while (pageToken !== "");
+  }
+
+  deleteImage(req: Init<typeof DeleteImageRequestSchema>, opt?: CallOptions): Promise<Image> {
+    return image(this.rpc.deleteImage(req, opt));
+  }
+
+  beginUpload(req: Init<typeof BeginUploadRequestSchema>, opt?: CallOptions): Promise<Image> {
+    return image(this.rpc.beginUpload(req, opt));
+  }
+
+  completeUpload(req: Init<typeof CompleteUploadRequestSchema>, opt?: CallOptions): Promise<Image> {
+    return image(this.rpc.completeUpload(req, opt));
+  }
+
+  failUpload(req: Init<typeof FailUploadRequestSchema>, opt?: CallOptions): Promise<Image> {
+    return image(this.rpc.failUpload(req, opt));
+  }
+
+  stageImage(req: Init<typeof StageImageRequestSchema>, opt?: CallOptions): Promise<Image> {
+    return image(this.rpc.stageImage(req, opt));
+  }
+
+  beginImport(req: Init<typeof BeginImportRequestSchema>, opt?: CallOptions): Promise<Image> {
+    return image(this.rpc.beginImport(req, opt));
+  }
+
+  deactivateImage(req: Init<typeof DeactivateImageRequestSchema>, opt?: CallOptions): Promise<Image> {
+    return image(this.rpc.deactivateImage(req, opt));
+  }
+
+  reactivateImage(req: Init<typeof ReactivateImageRequestSchema>, opt?: CallOptions): Promise<Image> {
+    return image(this.rpc.reactivateImage(req, opt));
+  }
+
+  addLocation(req: Init<typeof AddLocationRequestSchema>, opt?: CallOptions): Promise<Image> {
+    return image(this.rpc.addLocation(req, opt));
+  }
+
+  removeLocation(req: Init<typeof RemoveLocationRequestSchema>, opt?: CallOptions): Promise<Image> {
+    return image(this.rpc.removeLocation(req, opt));
+  }
+
+  /** The ReplaceLocation RPC: sets the whole location list. */
+  replaceLocations(req: Init<typeof ReplaceLocationRequestSchema>, opt?: CallOptions): Promise<Image> {
+    return image(this.rpc.replaceLocation(req, opt));
+  }
+}
+
+/** The image of a response (every response carries one); errors become ImagelocError. */
+async function image(call: Promise<{ image?: Image }>): Promise<Image> {
+  const res = await call.catch(rethrow);
+  if (res.image === undefined) throw new Error("imageloc: response without an image");
+  return res.image;
+}
+
+function rethrow(e: unknown): never {
+  throw ImagelocError.from(e);
+}

@@ -1,0 +1,186 @@
+// Tests the Node client against a real imageloc server (started here on a free port with a
+// temp SQLite file), and the service-config interceptor against dead and silent ports.
+import assert from "node:assert/strict";
+import { type ChildProcess, spawn } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import net from "node:net";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { after, before, describe, test } from "node:test";
+import { fileURLToPath } from "node:url";
+import { Code, type Interceptor } from "@connectrpc/connect";
+import { PreconditionFailureSchema } from "../../../generated/ts/google/rpc/error_details_pb.js";
+import { ImageClient, ImageService, ImageStatus, ImagelocError, ServiceConfig } from "../src/index.js";
+
+const REPO_ROOT = fileURLToPath(new URL("../../../", import.meta.url));
+const SERVER_BIN = path.join(REPO_ROOT, ".venv", "bin", "imageloc");
+const URL_A = "https://store.example/a.img";
+const URL_B = "rbd://fsid/pool/b/snap";
+
+/** A port on 127.0.0.1 that was free a moment ago. */
+async function freePort(): Promise<number> {
+  const server = net.createServer();
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as net.AddressInfo;
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
+/** Resolves once 127.0.0.1:port accepts a connection; rejects if proc exits first or after 30 s. */
+async function waitForPort(port: number, proc: ChildProcess, log: () => string): Promise<void> {
+  const deadline = Date.now() + 30_000;
+  while (Date.now() < deadline) {
+    if (proc.exitCode !== null) throw new Error(`imageloc serve exited ${proc.exitCode}:\n${log()}`);
+    const open = await new Promise<boolean>((resolve) => {
+      const sock = net.connect(port, "127.0.0.1", () => resolve(true)).on("error", () => resolve(false));
+      sock.unref();
+      sock.once("connect", () => sock.destroy());
+    });
+    if (open) return;
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  throw new Error(`imageloc serve did not listen on ${port}:\n${log()}`);
+}
+
+/** Runs fn, which must throw an ImagelocError, and returns it. */
+async function refusal(fn: () => Promise<unknown>): Promise<ImagelocError> {
+  try {
+    await fn();
+  } catch (e) {
+    assert.ok(e instanceof ImagelocError, `expected an ImagelocError, got ${String(e)}`);
+    return e;
+  }
+  assert.fail("the call was not refused");
+}
+
+/** An interceptor that counts the attempts of each method (it runs inside the retries). */
+function attemptCounter(): { counts: Map<string, number>; interceptor: Interceptor } {
+  const counts = new Map<string, number>();
+  const interceptor: Interceptor = (next) => (req) => {
+    counts.set(req.method.name, (counts.get(req.method.name) ?? 0) + 1);
+    return next(req);
+  };
+  return { counts, interceptor };
+}
+
+describe("ImageClient against imageloc serve", () => {
+  let server: ChildProcess;
+  let dir: string;
+  let client: ImageClient;
+
+  before(async () => {
+    dir = mkdtempSync(path.join(tmpdir(), "imageloc-node-"));
+    const port = await freePort();
+    let log = "";
+    server = spawn(
+      SERVER_BIN,
+      ["serve", "--listen", `127.0.0.1:${port}`, "--database", `sqlite:///${path.join(dir, "x.db")}`],
+      { cwd: REPO_ROOT, stdio: ["ignore", "pipe", "pipe"] },
+    );
+    server.stdout?.on("data", (d: Buffer) => (log += d.toString()));
+    server.stderr?.on("data", (d: Buffer) => (log += d.toString()));
+    await waitForPort(port, server, () => log);
+    client = new ImageClient(`127.0.0.1:${port}`);
+  });
+
+  after(async () => {
+    client?.close();
+    if (server && server.exitCode === null) {
+      const exited = new Promise((resolve) => server.once("exit", resolve));
+      server.kill("SIGTERM");
+      await exited;
+    }
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  test("adds two locations in order and removes one from an active image", async () => {
+    const created = await client.createImage({ name: "cirros", diskFormat: "qcow2", containerFormat: "bare" });
+    assert.equal(created.status, ImageStatus.QUEUED);
+
+    await client.addLocation({ imageId: created.id, location: { url: URL_A } });
+    const two = await client.addLocation({ imageId: created.id, location: { url: URL_B } });
+    assert.equal(two.status, ImageStatus.ACTIVE);
+    assert.deepEqual(
+      two.locations.map((l) => l.url),
+      [URL_A, URL_B],
+    );
+
+    const one = await client.removeLocation({ imageId: created.id, target: { case: "url", value: URL_A } });
+    assert.deepEqual(
+      one.locations.map((l) => l.url),
+      [URL_B],
+    );
+    assert.equal((await client.getImage({ imageId: created.id })).etag, one.etag);
+  });
+
+  test("RemoveLocation on a saving image is refused with IMAGE_STATUS_CONFLICT", async () => {
+    const queued = await client.createImage({ name: "upload", diskFormat: "qcow2", containerFormat: "bare" });
+    const saving = await client.beginUpload({ imageId: queued.id });
+    assert.equal(saving.status, ImageStatus.SAVING);
+
+    const err = await refusal(() => client.removeLocation({ imageId: saving.id, target: { case: "index", value: 0 } }));
+    assert.equal(err.code, Code.FailedPrecondition);
+    assert.equal(err.reason, "IMAGE_STATUS_CONFLICT");
+    assert.equal(err.domain, "imageloc");
+    assert.equal(err.metadata["httpStatus"], "409");
+    assert.equal(err.httpStatus, 409);
+    assert.equal(err.metadata["imageStatus"], "saving");
+    assert.equal(err.metadata["imageId"], saving.id);
+    assert.equal(err.cause.findDetails(PreconditionFailureSchema).length, 1);
+    assert.ok(err.violations.length > 0);
+  });
+
+  test("listImages pages through every image", async () => {
+    const ids = new Set<string>();
+    for await (const image of client.listImages({ pageSize: 1 })) ids.add(image.id);
+    assert.ok(ids.size >= 2, `listed ${ids.size} images`);
+  });
+});
+
+describe("service config interceptor", () => {
+  test("retries GetImage (retryPolicy) up to maxAttempts and AddLocation once", async () => {
+    const config = ServiceConfig.load();
+    const maxAttempts = config.policyFor(ImageService.typeName, "GetImage").retry?.maxAttempts;
+    assert.ok(maxAttempts !== undefined && maxAttempts > 1, "GetImage has a retry policy");
+    assert.equal(config.policyFor(ImageService.typeName, "AddLocation").retry, undefined);
+
+    const { counts, interceptor } = attemptCounter();
+    const client = new ImageClient(`127.0.0.1:${await freePort()}`, { interceptors: [interceptor] });
+    try {
+      const get = await refusal(() => client.getImage({ imageId: "00000000-0000-4000-8000-000000000001" }));
+      assert.equal(get.code, Code.Unavailable);
+      assert.equal(counts.get("GetImage"), maxAttempts);
+
+      const add = await refusal(() => client.addLocation({ imageId: "x", location: { url: URL_A } }));
+      assert.equal(add.code, Code.Unavailable);
+      assert.equal(counts.get("AddLocation"), 1);
+    } finally {
+      client.close();
+    }
+  });
+
+  test("applies the method's timeout only when the caller gives none", async () => {
+    // A peer that accepts TCP connections and never answers.
+    const sockets = new Set<net.Socket>();
+    const silent = net.createServer((sock) => sockets.add(sock));
+    await new Promise<void>((resolve) => silent.listen(0, "127.0.0.1", resolve));
+    const { port } = silent.address() as net.AddressInfo;
+    const config = new ServiceConfig({ methodConfig: [{ name: [{ service: ImageService.typeName }], timeout: "0.2s" }] });
+    const client = new ImageClient(`127.0.0.1:${port}`, { serviceConfig: config });
+    try {
+      const started = Date.now();
+      const err = await refusal(() => client.getImage({ imageId: "x" }));
+      assert.equal(err.code, Code.DeadlineExceeded);
+      assert.ok(Date.now() - started < 5_000, "took the 0.2 s timeout, not a longer one");
+
+      const own = Date.now();
+      const late = await refusal(() => client.getImage({ imageId: "x" }, { timeoutMs: 800 }));
+      assert.equal(late.code, Code.DeadlineExceeded);
+      assert.ok(Date.now() - own >= 700, "the caller's timeout wins over the config's");
+    } finally {
+      client.close();
+      for (const sock of sockets) sock.destroy();
+      silent.close();
+    }
+  });
+});
