@@ -17,6 +17,8 @@ from imageloc.server.app import Server, build_server
 from imageloc.server.config import Settings
 from imageloc.v1 import image_service_pb2_grpc as pb_grpc
 
+from support import migrate
+
 ServerFactory = Callable[..., str]
 
 
@@ -58,7 +60,11 @@ def database_url(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Iter
 
 @pytest.fixture
 def server_factory(database_url: str) -> Iterator[ServerFactory]:
-    """Start servers on ephemeral ports on this test's database; setting overrides as kwargs."""
+    """Start servers on ephemeral ports on this test's database; setting overrides as kwargs.
+
+    The database is migrated first, as `imageloc db upgrade` does before a PostgreSQL start.
+    """
+    migrate(database_url)
     started: list[Server] = []
 
     def start(**overrides: Any) -> str:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import datetime
 import threading
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Self
 
 from imageloc.server.domain.model import GONE_STATUSES, Image, ImageStatus
-from imageloc.server.domain.ports import ListCursor
+from imageloc.server.domain.ports import ListCursor, RecordedOutcome, RequestKey
 
 
 class InMemoryImages:
@@ -47,11 +48,28 @@ class InMemoryImages:
         return chosen[:limit]
 
 
+class InMemoryRequests:
+    """RequestLog over a dict."""
+
+    def __init__(self, rows: dict[str, RecordedOutcome]) -> None:
+        self.rows = rows
+
+    def find(self, request_id: str) -> RecordedOutcome | None:
+        return self.rows.get(request_id)
+
+    def record(self, key: RequestKey, image: Image, *, at: datetime.datetime) -> bool:
+        if key.request_id in self.rows:
+            return False
+        self.rows[key.request_id] = RecordedOutcome(key.fingerprint, image)
+        return True
+
+
 class InMemoryStore:
     """A unit-of-work factory whose transactions are serialised by one lock."""
 
     def __init__(self) -> None:
         self.committed: dict[str, Image] = {}
+        self.recorded: dict[str, RecordedOutcome] = {}
         self.lock = threading.Lock()
 
     def unit_of_work(self, *, for_write: bool) -> InMemoryUnitOfWork:
@@ -64,10 +82,12 @@ class InMemoryUnitOfWork:
     def __init__(self, store: InMemoryStore) -> None:
         self._store = store
         self.images = InMemoryImages({})
+        self.requests = InMemoryRequests({})
 
     def __enter__(self) -> Self:
         self._store.lock.acquire()
         self.images = InMemoryImages(dict(self._store.committed))
+        self.requests = InMemoryRequests(dict(self._store.recorded))
         return self
 
     def __exit__(
@@ -80,3 +100,4 @@ class InMemoryUnitOfWork:
 
     def commit(self) -> None:
         self._store.committed = dict(self.images.rows)
+        self._store.recorded = dict(self.requests.rows)

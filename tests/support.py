@@ -12,6 +12,7 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from imageloc.server.store import SqlStore
 from imageloc.v1 import image_service_pb2 as pb
 from imageloc.v1 import image_service_pb2_grpc as pb_grpc
 
@@ -114,3 +115,12 @@ def make_image(
         image = stub.BeginImport(pb.BeginImportRequest(image_id=image_id)).image
     assert status_name(image.status) == status
     return image
+
+
+def migrate(database_url: str) -> None:
+    """Bring the database to the newest schema, as `imageloc db upgrade` does."""
+    store = SqlStore(database_url)
+    try:
+        store.upgrade()
+    finally:
+        store.dispose()

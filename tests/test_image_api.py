@@ -14,7 +14,7 @@ from imageloc.server.config import Settings
 from imageloc.v1 import image_service_pb2 as pb
 from imageloc.v1 import image_service_pb2_grpc as pb_grpc
 
-from support import MD5, SHA512, location, make_image, status_name
+from support import MD5, SHA512, location, make_image, migrate, status_name
 
 URLS = ["https://store.example/a.img", "rbd://fsid/pool/b/snap", "s3://bucket/c"]
 
@@ -202,6 +202,7 @@ def test_page_token_is_bound_to_its_filter(stub: pb_grpc.ImageServiceStub) -> No
 
 
 def test_data_survives_a_restart(database_url: str) -> None:
+    migrate(database_url)
     settings = Settings(listen="127.0.0.1:0", database_url=database_url)
     first = build_server(settings)
     first.start()

@@ -108,7 +108,7 @@ def test_with_the_callers_etag_a_lost_race_is_etag_mismatch() -> None:
 def test_no_retry_starts_after_the_deadline() -> None:
     store = RacingStore(lambda image: dataclasses.replace(image, name="renamed"))
     image = seeded(store)
-    service = ImageService(store.unit_of_work, policy=LocationPolicy()).bounded(0.0)
+    service = ImageService(store.unit_of_work, policy=LocationPolicy()).for_call(seconds_left=0.0)
     with pytest.raises(DeadlineExceededError):
         service.remove_location(image.id, index=0)
     assert store.committed[image.id].locations == (A, B)

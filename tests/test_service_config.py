@@ -1,8 +1,9 @@
-"""The shipped service config: retries UNAVAILABLE only for safe calls, deadlines per method."""
+"""The shipped service config: deadlines per method, UNAVAILABLE retried with one request_id."""
 
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Iterator
 from concurrent import futures
 from typing import Any
@@ -10,14 +11,14 @@ from typing import Any
 import grpc
 import pytest
 
-from imageloc.client import ImageClient, ImagelocError
+from imageloc.client import ImageClient
 from imageloc.client.channel import KEEPALIVE_TIME_MS, service_config
 from imageloc.server.app import SERVER_MIN_PING_INTERVAL_MS
 from imageloc.v1 import image_service_pb2 as pb
 from imageloc.v1 import image_service_pb2_grpc as pb_grpc
 
 IMAGE_ID = "00000000-0000-4000-8000-000000000001"
-SAFE_TO_RETRY = {"GetImage", "ListImages", "DeactivateImage", "ReactivateImage"}
+READS = {"GetImage", "ListImages"}
 
 
 class FlakyService(pb_grpc.ImageServiceServicer):
@@ -26,6 +27,7 @@ class FlakyService(pb_grpc.ImageServiceServicer):
     def __init__(self, failures: int) -> None:
         self.failures = failures
         self.calls: dict[str, int] = {}
+        self.request_ids: list[str] = []
         self.lock = threading.Lock()
 
     def _attempt(self, method: str, context: grpc.ServicerContext) -> None:
@@ -40,6 +42,7 @@ class FlakyService(pb_grpc.ImageServiceServicer):
         return pb.GetImageResponse(image=pb.Image(id=request.image_id))
 
     def AddLocation(self, request: Any, context: grpc.ServicerContext) -> pb.AddLocationResponse:  # noqa: N802
+        self.request_ids.append(request.request_id)
         self._attempt("AddLocation", context)
         return pb.AddLocationResponse(image=pb.Image(id=request.image_id))
 
@@ -62,27 +65,30 @@ def test_safe_reads_are_retried_on_unavailable(flaky: tuple[FlakyService, str]) 
     assert service.calls["GetImage"] == 3
 
 
-def test_writes_that_could_apply_twice_are_not_retried(flaky: tuple[FlakyService, str]) -> None:
+def test_writes_are_retried_with_the_request_id_of_the_first_attempt(
+    flaky: tuple[FlakyService, str],
+) -> None:
     service, target = flaky
-    with ImageClient(target) as client, pytest.raises(ImagelocError) as caught:
-        client.add_location(IMAGE_ID, "https://store.example/a.img")
-    assert caught.value.code is grpc.StatusCode.UNAVAILABLE
-    assert service.calls["AddLocation"] == 1
+    with ImageClient(target) as client:
+        assert client.add_location(IMAGE_ID, "https://store.example/a.img").id == IMAGE_ID
+    assert service.calls["AddLocation"] == 3
+    assert len(set(service.request_ids)) == 1
+    assert uuid.UUID(service.request_ids[0])
 
 
-def test_the_config_names_real_methods_and_retries_only_safe_ones() -> None:
-    methods = set(pb.DESCRIPTOR.services_by_name["ImageService"].methods_by_name)
-    retried = set()
-    for entry in service_config()["methodConfig"]:
+def test_every_mutation_carries_a_request_id_so_every_method_may_be_retried() -> None:
+    service = pb.DESCRIPTOR.services_by_name["ImageService"]
+    for method in service.methods:
+        if method.name not in READS:
+            assert "request_id" in method.input_type.fields_by_name, method.name
+    config = service_config()["methodConfig"]
+    for entry in config:
         assert entry["timeout"].endswith("s")
+        assert entry["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
         for name in entry["name"]:
-            if name["service"] == "imageloc.v1.ImageService" and "method" in name:
-                assert name["method"] in methods
-                if "retryPolicy" in entry:
-                    retried.add(name["method"])
-        if "retryPolicy" in entry:
-            assert entry["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
-    assert retried == SAFE_TO_RETRY
+            if "method" in name and name["service"] == service.full_name:
+                assert name["method"] in service.methods_by_name
+    assert {"service": service.full_name} in [n for e in config for n in e["name"]]
 
 
 def test_client_keepalive_respects_the_servers_ping_limit() -> None:

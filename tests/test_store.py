@@ -27,7 +27,7 @@ T0 = datetime.datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=datetime.UTC)
 def store(database_url: str) -> Iterator[SqlStore]:
     """A store with its schema created."""
     opened = SqlStore(database_url)
-    opened.create_schema()
+    opened.upgrade()
     yield opened
     opened.dispose()
 
@@ -77,10 +77,10 @@ def test_store_unit_of_work_is_a_unit_of_work_factory(store: SqlStore) -> None:
         assert uow.images.get("missing") is None
 
 
-def test_create_schema_twice_keeps_rows(store: SqlStore) -> None:
+def test_upgrade_twice_keeps_rows(store: SqlStore) -> None:
     image = make_image()
     add(store, image)
-    store.create_schema()
+    store.upgrade()
     assert get(store, image.id) == image
 
 
@@ -231,7 +231,7 @@ def test_unit_of_work_rolls_back_when_the_block_raises(store: SqlStore) -> None:
 
 def test_read_unit_of_work_sees_one_snapshot(database_url: str) -> None:
     reader, writer = SqlStore(database_url), SqlStore(database_url)
-    reader.create_schema()
+    reader.upgrade()
     old = make_image(locations=(Location("http://a/1"),))
     add(writer, old)
     new = dataclasses.replace(old, name="new", revision=2, locations=(Location("http://b/2"),))
@@ -308,7 +308,7 @@ def test_list_cursor_in_another_zone_means_the_same_instant(store: SqlStore) -> 
 
 def test_in_memory_sqlite_works() -> None:
     memory = SqlStore("sqlite://")
-    memory.create_schema()
+    memory.upgrade()
     image = make_image(locations=(Location("http://a/1", {"k": "v"}),))
     add(memory, image)
     assert get(memory, image.id) == image
@@ -318,7 +318,7 @@ def test_in_memory_sqlite_works() -> None:
 def test_concurrent_read_modify_write_loses_no_update(database_url: str) -> None:
     """Two writers, each on its own store as separate server processes would be."""
     stores = [SqlStore(database_url) for _ in range(2)]
-    stores[0].create_schema()
+    stores[0].upgrade()
     image = make_image(locations=(Location("http://a/0"),))
     add(stores[0], image)
     rounds = 25

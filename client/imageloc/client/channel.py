@@ -1,9 +1,9 @@
 """Channels for service-to-service calls: the shipped service config and keepalive.
 
 service_config.json (shipped beside this module, and read by the Node client too) sets
-per-method deadlines and retries UNAVAILABLE only for calls that are safe to repeat:
-reads, and DeactivateImage/ReactivateImage, which are no-ops when repeated. Every other
-mutation could apply twice if a retry followed a lost response, so it is never retried.
+per-method deadlines and retries UNAVAILABLE. Retrying a mutation is safe only because
+ImageClient gives each one a request_id, which its retries share, and the server answers
+a repeated request_id with the first outcome instead of applying it again.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The `imageloc` command: `serve` runs the server; `image` and `location` verbs call it.
+"""The `imageloc` command: `image` and `location` verbs call a server; `serve` and `db` run one.
 
 Exit status: 0 done, 1 refused by the server (or unreachable, or cannot listen), 2 bad usage.
 """
@@ -6,7 +6,6 @@ Exit status: 0 done, 1 refused by the server (or unreachable, or cannot listen),
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -14,15 +13,12 @@ from collections.abc import Callable, Sequence
 from itertools import islice
 from typing import Any
 
-from imageloc.client import output
+from imageloc.client import output, server_commands
 from imageloc.client.client import DEFAULT_TARGET, ImageClient
 from imageloc.client.convert import STATUS_WORDS, VISIBILITY_WORDS, to_locations
 from imageloc.client.errors import ImagelocError
+from imageloc.client.server_commands import EXIT_OK, EXIT_REFUSED, EXIT_USAGE
 from imageloc.v1 import image_service_pb2 as pb
-
-EXIT_OK = 0
-EXIT_REFUSED = 1
-EXIT_USAGE = 2
 
 Result = pb.Image | list[pb.Image]
 Action = Callable[[ImageClient, argparse.Namespace], Result]
@@ -54,8 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:
         return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
-    if args.command == "serve":
-        return _serve(args)
+    if args.command in server_commands.COMMANDS:
+        return server_commands.run(args)
     return _call_server(args)
 
 
@@ -66,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_client_options(parser, defaults=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add_serve(commands)
+    server_commands.add_commands(commands)
     common = argparse.ArgumentParser(add_help=False)
     _add_client_options(common, defaults=False)
     image = commands.add_parser("image", help="Create, show, list, delete images; move status.")
@@ -104,31 +100,6 @@ def _add_client_options(parser: argparse.ArgumentParser, *, defaults: bool) -> N
         metavar="SECONDS",
         default=None if defaults else unset,
         help="deadline of each call in seconds (default: the service config's, 5-10 s)",
-    )
-
-
-def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    serve = commands.add_parser(
-        "serve", help="Run the server.", description="Run the server; flags override IMAGELOC_*."
-    )
-    serve.add_argument("--listen", metavar="ADDR", help="host:port ($IMAGELOC_LISTEN)")
-    serve.add_argument("--database", metavar="URL", help="SQLAlchemy URL ($IMAGELOC_DATABASE)")
-    serve.add_argument(
-        "--location-quota",
-        type=int,
-        metavar="N",
-        help="most locations per image, negative unlimited ($IMAGELOC_LOCATION_QUOTA)",
-    )
-    serve.add_argument(
-        "--delayed-delete",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="delete active images to pending_delete ($IMAGELOC_DELAYED_DELETE)",
-    )
-    serve.add_argument(
-        "--location-schemes",
-        metavar="a,b,c",
-        help="accepted URL schemes ($IMAGELOC_LOCATION_SCHEMES)",
     )
 
 
@@ -285,37 +256,6 @@ def _json_locations(text: str) -> list[pb.Location]:
 
 
 # Commands.
-
-
-def _serve(args: argparse.Namespace) -> int:
-    """Run the server with IMAGELOC_* settings, overridden by the flags given."""
-    from imageloc.server.config import Settings, parse_schemes
-
-    try:
-        settings = Settings.from_env()
-    except ValueError as err:
-        print(f"error: bad IMAGELOC_* setting: {err}", file=sys.stderr)
-        return EXIT_USAGE
-    flags: dict[str, Any] = {
-        "listen": args.listen,
-        "database_url": args.database,
-        "location_quota": args.location_quota,
-        "delayed_delete": args.delayed_delete,
-        "location_schemes": (
-            None if args.location_schemes is None else parse_schemes(args.location_schemes)
-        ),
-    }
-    settings = dataclasses.replace(
-        settings, **{name: value for name, value in flags.items() if value is not None}
-    )
-    from imageloc.server.app import serve
-
-    try:
-        serve(settings)
-    except OSError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_REFUSED
-    return EXIT_OK
 
 
 def _call_server(args: argparse.Namespace) -> int:

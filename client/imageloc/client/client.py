@@ -6,9 +6,10 @@ raises ImagelocError when the server refuses.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator, Sequence
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -77,7 +78,14 @@ class ImageClient:
     def _call(
         self, method: grpc.UnaryUnaryMultiCallable[_Request, _Response], request: _Request
     ) -> _Response:
-        """Invoke one RPC with the client's deadline, turning refusals into ImagelocError."""
+        """Invoke one RPC with the client's deadline, turning refusals into ImagelocError.
+
+        A mutation without a request_id gets a new one, which the channel's retries of it
+        then share: a retry after a lost answer is answered, not applied again.
+        """
+        mutation: Any = request  # a message with a request_id field, when it is a mutation
+        if "request_id" in request.DESCRIPTOR.fields_by_name and not mutation.request_id:
+            mutation.request_id = str(uuid.uuid4())
         try:
             return method(request, timeout=self.timeout)
         except grpc.RpcError as err:

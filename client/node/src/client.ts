@@ -1,5 +1,6 @@
 // ImageClient: a typed wrapper over the generated ImageService on a gRPC (HTTP/2)
 // transport with keepalive and the shipped service config; refusals throw ImagelocError.
+import { randomUUID } from "node:crypto";
 import type { DescMessage, MessageInitShape } from "@bufbuild/protobuf";
 import { type CallOptions, type Client, type Interceptor, createClient } from "@connectrpc/connect";
 import { Http2SessionManager, createGrpcTransport } from "@connectrpc/connect-node";
@@ -58,7 +59,7 @@ export class ImageClient {
   }
 
   createImage(req: Init<typeof CreateImageRequestSchema>, opt?: CallOptions): Promise<Image> {
-    return image(this.rpc.createImage(req, opt));
+    return image(this.rpc.createImage(withRequestId(req), opt));
   }
 
   getImage(req: Init<typeof GetImageRequestSchema>, opt?: CallOptions): Promise<Image> {
@@ -76,49 +77,57 @@ export class ImageClient {
   }
 
   deleteImage(req: Init<typeof DeleteImageRequestSchema>, opt?: CallOptions): Promise<Image> {
-    return image(this.rpc.deleteImage(req, opt));
+    return image(this.rpc.deleteImage(withRequestId(req), opt));
   }
 
   beginUpload(req: Init<typeof BeginUploadRequestSchema>, opt?: CallOptions): Promise<Image> {
-    return image(this.rpc.beginUpload(req, opt));
+    return image(this.rpc.beginUpload(withRequestId(req), opt));
   }
 
   completeUpload(req: Init<typeof CompleteUploadRequestSchema>, opt?: CallOptions): Promise<Image> {
-    return image(this.rpc.completeUpload(req, opt));
+    return image(this.rpc.completeUpload(withRequestId(req), opt));
   }
 
   failUpload(req: Init<typeof FailUploadRequestSchema>, opt?: CallOptions): Promise<Image> {
-    return image(this.rpc.failUpload(req, opt));
+    return image(this.rpc.failUpload(withRequestId(req), opt));
   }
 
   stageImage(req: Init<typeof StageImageRequestSchema>, opt?: CallOptions): Promise<Image> {
-    return image(this.rpc.stageImage(req, opt));
+    return image(this.rpc.stageImage(withRequestId(req), opt));
   }
 
   beginImport(req: Init<typeof BeginImportRequestSchema>, opt?: CallOptions): Promise<Image> {
-    return image(this.rpc.beginImport(req, opt));
+    return image(this.rpc.beginImport(withRequestId(req), opt));
   }
 
   deactivateImage(req: Init<typeof DeactivateImageRequestSchema>, opt?: CallOptions): Promise<Image> {
-    return image(this.rpc.deactivateImage(req, opt));
+    return image(this.rpc.deactivateImage(withRequestId(req), opt));
   }
 
   reactivateImage(req: Init<typeof ReactivateImageRequestSchema>, opt?: CallOptions): Promise<Image> {
-    return image(this.rpc.reactivateImage(req, opt));
+    return image(this.rpc.reactivateImage(withRequestId(req), opt));
   }
 
   addLocation(req: Init<typeof AddLocationRequestSchema>, opt?: CallOptions): Promise<Image> {
-    return image(this.rpc.addLocation(req, opt));
+    return image(this.rpc.addLocation(withRequestId(req), opt));
   }
 
   removeLocation(req: Init<typeof RemoveLocationRequestSchema>, opt?: CallOptions): Promise<Image> {
-    return image(this.rpc.removeLocation(req, opt));
+    return image(this.rpc.removeLocation(withRequestId(req), opt));
   }
 
   /** The ReplaceLocation RPC: sets the whole location list. */
   replaceLocations(req: Init<typeof ReplaceLocationRequestSchema>, opt?: CallOptions): Promise<Image> {
-    return image(this.rpc.replaceLocation(req, opt));
+    return image(this.rpc.replaceLocation(withRequestId(req), opt));
   }
+}
+
+/**
+ * req with a new requestId unless it has one: the server answers a repeat of it (the
+ * service config's retries resend the same message) without applying it twice.
+ */
+function withRequestId<T extends { requestId?: string }>(req: T): T {
+  return req.requestId ? req : { ...req, requestId: randomUUID() };
 }
 
 /** The image of a response (every response carries one); errors become ImagelocError. */

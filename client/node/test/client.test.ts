@@ -53,14 +53,21 @@ async function refusal(fn: () => Promise<unknown>): Promise<ImagelocError> {
   assert.fail("the call was not refused");
 }
 
-/** An interceptor that counts the attempts of each method (it runs inside the retries). */
-function attemptCounter(): { counts: Map<string, number>; interceptor: Interceptor } {
+/** An interceptor that counts the attempts of each method and keeps their requestIds. */
+function attemptCounter(): {
+  counts: Map<string, number>;
+  requestIds: Map<string, string[]>;
+  interceptor: Interceptor;
+} {
   const counts = new Map<string, number>();
+  const requestIds = new Map<string, string[]>();
   const interceptor: Interceptor = (next) => (req) => {
     counts.set(req.method.name, (counts.get(req.method.name) ?? 0) + 1);
+    const requestId = (req.message as { requestId?: string }).requestId;
+    if (requestId !== undefined) requestIds.set(req.method.name, [...(requestIds.get(req.method.name) ?? []), requestId]);
     return next(req);
   };
-  return { counts, interceptor };
+  return { counts, requestIds, interceptor };
 }
 
 describe("ImageClient against imageloc serve", () => {
@@ -138,19 +145,36 @@ describe("ImageClient against imageloc serve", () => {
 });
 
 describe("service config interceptor", () => {
-  test("retries GetImage (retryPolicy) up to maxAttempts and AddLocation once", async () => {
+  test("retries UNAVAILABLE up to maxAttempts, every attempt of a mutation with one requestId", async () => {
     const config = ServiceConfig.load();
     const maxAttempts = config.policyFor(ImageService.typeName, "GetImage").retry?.maxAttempts;
     assert.ok(maxAttempts !== undefined && maxAttempts > 1, "GetImage has a retry policy");
-    assert.equal(config.policyFor(ImageService.typeName, "AddLocation").retry, undefined);
+    assert.equal(config.policyFor(ImageService.typeName, "AddLocation").retry?.maxAttempts, maxAttempts);
 
-    const { counts, interceptor } = attemptCounter();
+    const { counts, requestIds, interceptor } = attemptCounter();
     const client = new ImageClient(`127.0.0.1:${await freePort()}`, { interceptors: [interceptor] });
     try {
       const get = await refusal(() => client.getImage({ imageId: "00000000-0000-4000-8000-000000000001" }));
       assert.equal(get.code, Code.Unavailable);
       assert.equal(counts.get("GetImage"), maxAttempts);
 
+      const add = await refusal(() => client.addLocation({ imageId: "x", location: { url: URL_A } }));
+      assert.equal(add.code, Code.Unavailable);
+      assert.equal(counts.get("AddLocation"), maxAttempts);
+      const sent = requestIds.get("AddLocation") ?? [];
+      assert.equal(sent.length, maxAttempts);
+      assert.match(sent[0] ?? "", /^[0-9a-f-]{36}$/);
+      assert.equal(new Set(sent).size, 1, "one requestId for every attempt");
+    } finally {
+      client.close();
+    }
+  });
+
+  test("attempts a method without a retry policy once", async () => {
+    const config = new ServiceConfig({ methodConfig: [{ name: [{ service: ImageService.typeName }], timeout: "5s" }] });
+    const { counts, interceptor } = attemptCounter();
+    const client = new ImageClient(`127.0.0.1:${await freePort()}`, { serviceConfig: config, interceptors: [interceptor] });
+    try {
       const add = await refusal(() => client.addLocation({ imageId: "x", location: { url: URL_A } }));
       assert.equal(add.code, Code.Unavailable);
       assert.equal(counts.get("AddLocation"), 1);

@@ -6,6 +6,7 @@ Imports everything else; nothing imports it but the CLI and the tests.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import logging
 import signal
 import threading
@@ -13,10 +14,11 @@ from concurrent import futures
 from types import FrameType
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from imageloc.server.config import Settings
+from imageloc.server.maintenance import Maintenance
 from imageloc.server.service import ImageService
 from imageloc.server.servicer import ImageServicer
 from imageloc.server.store import SqlStore
@@ -49,16 +51,17 @@ class Server:
     port: int
     store: SqlStore
     health: health.HealthServicer
+    maintenance: Maintenance
 
     def start(self) -> None:
-        """Accept calls and report SERVING."""
+        """Accept calls; health follows the store from now on."""
         self.grpc_server.start()
-        for name in ("", SERVICE_NAME):
-            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.maintenance.start()
 
     def stop(self, grace: float | None) -> None:
         """Refuse new calls, let in-flight ones finish within grace seconds, close the store."""
         self.health.enter_graceful_shutdown()
+        self.maintenance.stop()
         self.grpc_server.stop(grace).wait()
         self.store.dispose()
 
@@ -66,7 +69,14 @@ class Server:
 def build_server(settings: Settings) -> Server:
     """A server bound to settings.listen (port 0 picks a free one), not yet started."""
     store = SqlStore(settings.database_url)
-    store.create_schema()
+    try:
+        if store.is_embedded:
+            store.upgrade()
+        else:
+            store.require_current_schema()
+    except BaseException:
+        store.dispose()
+        raise
     service = ImageService(
         store.unit_of_work,
         policy=settings.location_policy,
@@ -85,15 +95,21 @@ def build_server(settings: Settings) -> Server:
     if port == 0:
         store.dispose()
         raise OSError(f"cannot listen on {settings.listen}")
-    return Server(grpc_server=server, port=port, store=store, health=health_servicer)
-
-
-def create_server(settings: Settings) -> tuple[grpc.Server, int]:
-    """The gRPC server and its bound port, not yet started."""
-    built = build_server(settings)
-    for name in ("", SERVICE_NAME):
-        built.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return built.grpc_server, built.port
+    maintenance = Maintenance(
+        store=store,
+        health_servicer=health_servicer,
+        services=("", SERVICE_NAME),
+        check_seconds=settings.health_check_seconds,
+        prune_seconds=3600.0,
+        retention=datetime.timedelta(seconds=settings.request_retention_seconds),
+    )
+    return Server(
+        grpc_server=server,
+        port=port,
+        store=store,
+        health=health_servicer,
+        maintenance=maintenance,
+    )
 
 
 def serve(settings: Settings) -> None:

@@ -24,6 +24,8 @@ class Settings:
     hashing_algorithm: str = "sha512"
     grace_seconds: float = 10.0
     max_workers: int = 16
+    health_check_seconds: float = 2.0
+    request_retention_seconds: float = 86_400.0
 
     @property
     def location_policy(self) -> LocationPolicy:
@@ -49,6 +51,12 @@ class Settings:
             hashing_algorithm=env.get("IMAGELOC_HASHING_ALGORITHM", base.hashing_algorithm),
             grace_seconds=float(env.get("IMAGELOC_GRACE_SECONDS", base.grace_seconds)),
             max_workers=int(env.get("IMAGELOC_MAX_WORKERS", base.max_workers)),
+            health_check_seconds=float(
+                env.get("IMAGELOC_HEALTH_CHECK_SECONDS", base.health_check_seconds)
+            ),
+            request_retention_seconds=float(
+                env.get("IMAGELOC_REQUEST_RETENTION_SECONDS", base.request_retention_seconds)
+            ),
         )
 
 

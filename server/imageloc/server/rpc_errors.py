@@ -37,6 +37,8 @@ REASON_CODES: dict[Reason, tuple[int, int]] = {
     R.INVALID_TRANSITION: (C.FAILED_PRECONDITION, 409),
     R.ETAG_MISMATCH: (C.ABORTED, 412),
     R.INVALID_REQUEST: (C.INVALID_ARGUMENT, 400),
+    # Glance has no request ids; 422 is what HTTP idempotency keys answer for a reuse.
+    R.REQUEST_ID_REUSED: (C.INVALID_ARGUMENT, 422),
 }
 
 #: Glance answers a refused deactivate or reactivate with 403, a refused

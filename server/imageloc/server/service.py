@@ -28,7 +28,7 @@ from imageloc.server.domain.model import (
     Visibility,
 )
 from imageloc.server.domain.policy import LocationPolicy
-from imageloc.server.domain.ports import ListCursor, UnitOfWorkFactory
+from imageloc.server.domain.ports import ListCursor, RequestKey, UnitOfWork, UnitOfWorkFactory
 from imageloc.server.domain.validation import check_validation_data_shape
 
 #: A decision: the image as loaded -> the image to save (the same one for a no-op).
@@ -76,26 +76,34 @@ class ImageService:
         delayed_delete: bool = False,
         clock: Callable[[], datetime.datetime] = utc_now,
         deadline: float | None = None,
+        request: RequestKey | None = None,
     ) -> None:
         self._uow = unit_of_work
         self._policy = policy
         self._delayed_delete = delayed_delete
         self._clock = clock
         self._deadline = deadline
+        self._request = request
 
-    def bounded(self, seconds_left: float | None) -> ImageService:
-        """This service for one call that must end within seconds_left (None: no bound).
+    def for_call(
+        self, *, seconds_left: float | None = None, request: RequestKey | None = None
+    ) -> ImageService:
+        """This service for one call.
 
-        A write that loses a race is decided again until the bound passes.
+        seconds_left bounds it: a write that loses a race is decided again until then.
+        request makes a mutation idempotent: a repeat of it answers the first outcome.
         """
-        if seconds_left is None:
+        if seconds_left is None and request is None:
             return self
+        if request is not None:
+            inputs.parse_image_id(request.request_id, field="request_id")
         return ImageService(
             self._uow,
             policy=self._policy,
             delayed_delete=self._delayed_delete,
             clock=self._clock,
-            deadline=time.monotonic() + seconds_left,
+            deadline=None if seconds_left is None else time.monotonic() + seconds_left,
+            request=request,
         )
 
     # Reads
@@ -150,16 +158,22 @@ class ImageService:
             visibility=visibility,
             protected=protected,
         )
-        with self._uow(for_write=True) as uow:
-            if not uow.images.add(image):
-                raise DomainError(
-                    Reason.IMAGE_EXISTS,
-                    f"Image with identifier {new_id} already exists!",
-                    image_id=new_id,
-                    field="id",
-                )
-            uow.commit()
-        return image
+        for _ in range(MAX_WRITE_ATTEMPTS):
+            self._check_deadline(new_id)
+            with self._uow(for_write=True) as uow:
+                if (answered := self._answered_before(uow)) is not None:
+                    return answered
+                if not uow.images.add(image):
+                    raise DomainError(
+                        Reason.IMAGE_EXISTS,
+                        f"Image with identifier {new_id} already exists!",
+                        image_id=new_id,
+                        field="id",
+                    )
+                if self._record(uow, image):
+                    uow.commit()
+                    return image
+        raise ConcurrentUpdateError(f"request {self._request} kept colliding")
 
     def delete_image(self, image_id: str, *, etag: str | None = None) -> Image:
         """-> deleted, or pending_delete under delayed delete for an active image with locations."""
@@ -287,9 +301,10 @@ class ImageService:
     def _mutate(self, image_id: str, etag: str | None, decide: Decision) -> Image:
         image_id = inputs.parse_image_id(image_id)
         for _ in range(MAX_WRITE_ATTEMPTS):
-            if self._deadline is not None and time.monotonic() >= self._deadline:
-                raise DeadlineExceededError(f"the deadline passed before image {image_id} changed")
+            self._check_deadline(image_id)
             with self._uow(for_write=True) as uow:
+                if (answered := self._answered_before(uow)) is not None:
+                    return answered
                 current = _visible(uow.images.get(image_id), image_id)
                 if etag is not None and etag != etag_of(current):
                     raise DomainError(
@@ -302,16 +317,45 @@ class ImageService:
                     )
                 decided = decide(current)
                 if decided == current:
-                    return current
+                    if self._record(uow, current):
+                        uow.commit()
+                        return current
+                    continue
                 changed = dataclasses.replace(
                     decided, revision=current.revision + 1, updated_at=self._clock()
                 )
-                if uow.images.save(current, changed):
+                if uow.images.save(current, changed) and self._record(uow, changed):
                     uow.commit()
                     return changed
         raise ConcurrentUpdateError(
             f"image {image_id} kept changing under {MAX_WRITE_ATTEMPTS} writes"
         )
+
+    def _check_deadline(self, image_id: str) -> None:
+        if self._deadline is not None and time.monotonic() >= self._deadline:
+            raise DeadlineExceededError(f"the deadline passed before image {image_id} changed")
+
+    def _answered_before(self, uow: UnitOfWork) -> Image | None:
+        """The first outcome of this idempotent request, if it ran before."""
+        if self._request is None:
+            return None
+        recorded = uow.requests.find(self._request.request_id)
+        if recorded is None:
+            return None
+        if recorded.fingerprint != self._request.fingerprint:
+            raise DomainError(
+                Reason.REQUEST_ID_REUSED,
+                f"request_id {self._request.request_id} was used for another request",
+                field="request_id",
+                metadata={"requestId": self._request.request_id},
+            )
+        return recorded.image
+
+    def _record(self, uow: UnitOfWork, image: Image) -> bool:
+        """Record this request's outcome in uow; False when another got the id first."""
+        if self._request is None:
+            return True
+        return uow.requests.record(self._request, image, at=self._clock())
 
 
 def _visible(image: Image | None, image_id: str) -> Image:

@@ -7,17 +7,19 @@ the conversions and the error mapping.
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 from collections.abc import Callable
 from typing import NoReturn, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 from google.rpc import code_pb2, status_pb2
 from grpc_status import rpc_status
 
 from imageloc.server import convert
 from imageloc.server.domain.errors import DomainError
-from imageloc.server.domain.ports import StoreUnavailableError
+from imageloc.server.domain.ports import RequestKey, StoreUnavailableError
 from imageloc.server.rpc_errors import (
     CONCURRENT_UPDATE_REASON,
     DEADLINE_REASON,
@@ -82,6 +84,16 @@ def refusals(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
     return wrapped
 
 
+def fingerprint(request: Message) -> str:
+    """A digest of what request asks, its request_id aside: equal for the same request only."""
+    asked = type(request)()
+    asked.CopyFrom(request)
+    asked.ClearField("request_id")
+    digest = hashlib.sha256(asked.DESCRIPTOR.full_name.encode())
+    digest.update(asked.SerializeToString(deterministic=True))
+    return digest.hexdigest()
+
+
 def _etag(request: object) -> str | None:
     return request.etag if request.HasField("etag") else None  # type: ignore[attr-defined]
 
@@ -92,15 +104,17 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
     def __init__(self, service: ImageService) -> None:
         self._service = service
 
-    def _bounded(self, context: grpc.ServicerContext) -> ImageService:
-        """The service, bounded by the call's deadline when it has one."""
-        return self._service.bounded(context.time_remaining())
+    def _for(self, context: grpc.ServicerContext, request: Message) -> ImageService:
+        """The service for this call: bounded by its deadline, idempotent by its request_id."""
+        request_id: str = getattr(request, "request_id", "")
+        key = RequestKey(request_id, fingerprint(request)) if request_id else None
+        return self._service.for_call(seconds_left=context.time_remaining(), request=key)
 
     @refusals
     def CreateImage(
         self, request: pb.CreateImageRequest, context: grpc.ServicerContext
     ) -> pb.CreateImageResponse:
-        image = self._bounded(context).create_image(
+        image = self._for(context, request).create_image(
             name=request.name,
             disk_format=request.disk_format,
             container_format=request.container_format,
@@ -114,7 +128,7 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
     def GetImage(
         self, request: pb.GetImageRequest, context: grpc.ServicerContext
     ) -> pb.GetImageResponse:
-        image = self._bounded(context).get_image(request.image_id)
+        image = self._for(context, request).get_image(request.image_id)
         return pb.GetImageResponse(image=convert.image_to_proto(image))
 
     @refusals
@@ -122,7 +136,7 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
         self, request: pb.ListImagesRequest, context: grpc.ServicerContext
     ) -> pb.ListImagesResponse:
         status = convert.status_from_proto(request.status) if request.HasField("status") else None
-        page = self._bounded(context).list_images(
+        page = self._for(context, request).list_images(
             page_size=request.page_size, page_token=request.page_token, status=status
         )
         return pb.ListImagesResponse(
@@ -134,21 +148,21 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
     def DeleteImage(
         self, request: pb.DeleteImageRequest, context: grpc.ServicerContext
     ) -> pb.DeleteImageResponse:
-        image = self._bounded(context).delete_image(request.image_id, etag=_etag(request))
+        image = self._for(context, request).delete_image(request.image_id, etag=_etag(request))
         return pb.DeleteImageResponse(image=convert.image_to_proto(image))
 
     @refusals
     def BeginUpload(
         self, request: pb.BeginUploadRequest, context: grpc.ServicerContext
     ) -> pb.BeginUploadResponse:
-        image = self._bounded(context).begin_upload(request.image_id, etag=_etag(request))
+        image = self._for(context, request).begin_upload(request.image_id, etag=_etag(request))
         return pb.BeginUploadResponse(image=convert.image_to_proto(image))
 
     @refusals
     def CompleteUpload(
         self, request: pb.CompleteUploadRequest, context: grpc.ServicerContext
     ) -> pb.CompleteUploadResponse:
-        image = self._bounded(context).complete_upload(
+        image = self._for(context, request).complete_upload(
             request.image_id,
             location=convert.optional_location(request),
             size=request.size,
@@ -163,42 +177,42 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
     def FailUpload(
         self, request: pb.FailUploadRequest, context: grpc.ServicerContext
     ) -> pb.FailUploadResponse:
-        image = self._bounded(context).fail_upload(request.image_id, etag=_etag(request))
+        image = self._for(context, request).fail_upload(request.image_id, etag=_etag(request))
         return pb.FailUploadResponse(image=convert.image_to_proto(image))
 
     @refusals
     def StageImage(
         self, request: pb.StageImageRequest, context: grpc.ServicerContext
     ) -> pb.StageImageResponse:
-        image = self._bounded(context).stage_image(request.image_id, etag=_etag(request))
+        image = self._for(context, request).stage_image(request.image_id, etag=_etag(request))
         return pb.StageImageResponse(image=convert.image_to_proto(image))
 
     @refusals
     def BeginImport(
         self, request: pb.BeginImportRequest, context: grpc.ServicerContext
     ) -> pb.BeginImportResponse:
-        image = self._bounded(context).begin_import(request.image_id, etag=_etag(request))
+        image = self._for(context, request).begin_import(request.image_id, etag=_etag(request))
         return pb.BeginImportResponse(image=convert.image_to_proto(image))
 
     @refusals
     def DeactivateImage(
         self, request: pb.DeactivateImageRequest, context: grpc.ServicerContext
     ) -> pb.DeactivateImageResponse:
-        image = self._bounded(context).deactivate_image(request.image_id, etag=_etag(request))
+        image = self._for(context, request).deactivate_image(request.image_id, etag=_etag(request))
         return pb.DeactivateImageResponse(image=convert.image_to_proto(image))
 
     @refusals
     def ReactivateImage(
         self, request: pb.ReactivateImageRequest, context: grpc.ServicerContext
     ) -> pb.ReactivateImageResponse:
-        image = self._bounded(context).reactivate_image(request.image_id, etag=_etag(request))
+        image = self._for(context, request).reactivate_image(request.image_id, etag=_etag(request))
         return pb.ReactivateImageResponse(image=convert.image_to_proto(image))
 
     @refusals
     def AddLocation(
         self, request: pb.AddLocationRequest, context: grpc.ServicerContext
     ) -> pb.AddLocationResponse:
-        image = self._bounded(context).add_location(
+        image = self._for(context, request).add_location(
             request.image_id,
             location=convert.optional_location(request),
             index=request.index if request.HasField("index") else None,
@@ -212,7 +226,7 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
         self, request: pb.RemoveLocationRequest, context: grpc.ServicerContext
     ) -> pb.RemoveLocationResponse:
         target = request.WhichOneof("target")
-        image = self._bounded(context).remove_location(
+        image = self._for(context, request).remove_location(
             request.image_id,
             index=request.index if target == "index" else None,
             url=request.url if target == "url" else None,
@@ -224,7 +238,7 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
     def ReplaceLocation(
         self, request: pb.ReplaceLocationRequest, context: grpc.ServicerContext
     ) -> pb.ReplaceLocationResponse:
-        image = self._bounded(context).replace_locations(
+        image = self._for(context, request).replace_locations(
             request.image_id,
             new_locations=[convert.location_from_proto(loc) for loc in request.locations],
             validation_data=convert.validation_data_from_proto(request),

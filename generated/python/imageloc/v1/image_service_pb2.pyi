@@ -273,6 +273,7 @@ class CreateImageRequest(_message.Message):
     VISIBILITY_FIELD_NUMBER: _builtins.int
     PROTECTED_FIELD_NUMBER: _builtins.int
     ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """A display name, at most 255 characters."""
     disk_format: _builtins.str
@@ -285,6 +286,12 @@ class CreateImageRequest(_message.Message):
     """A protected image cannot be deleted."""
     id: _builtins.str
     """The id to give the image (a UUID); absent means a new random one."""
+    request_id: _builtins.str
+    """Makes the request idempotent (AIP-155): a UUID the caller picks once per
+    logical request and sends again on every retry of it. A retry returns the
+    first outcome without applying the change twice; the same id with a
+    different request is INVALID_ARGUMENT REQUEST_ID_REUSED. Empty: none.
+    """
     def __init__(
         self,
         *,
@@ -294,10 +301,11 @@ class CreateImageRequest(_message.Message):
         visibility: Global___ImageVisibility.ValueType = ...,
         protected: _builtins.bool = ...,
         id: _builtins.str | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_id", b"_id", "id", b"id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_id", b"_id", "container_format", b"container_format", "disk_format", b"disk_format", "id", b"id", "name", b"name", "protected", b"protected", "visibility", b"visibility"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_id", b"_id", "container_format", b"container_format", "disk_format", b"disk_format", "id", b"id", "name", b"name", "protected", b"protected", "request_id", b"request_id", "visibility", b"visibility"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__id: _TypeAlias = _typing.Literal["id"]  # noqa: Y015
     _WhichOneofArgType__id: _TypeAlias = _typing.Literal["_id", b"_id"]  # noqa: Y015
@@ -445,19 +453,27 @@ class DeleteImageRequest(_message.Message):
 
     IMAGE_ID_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     image_id: _builtins.str
     """The image's id."""
     etag: _builtins.str
     """Delete only if the image's etag is still this one."""
+    request_id: _builtins.str
+    """Makes the request idempotent (AIP-155): a UUID the caller picks once per
+    logical request and sends again on every retry of it. A retry returns the
+    first outcome without applying the change twice; the same id with a
+    different request is INVALID_ARGUMENT REQUEST_ID_REUSED. Empty: none.
+    """
     def __init__(
         self,
         *,
         image_id: _builtins.str = ...,
         etag: _builtins.str | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_etag", b"_etag", "etag", b"etag"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_etag", b"_etag", "etag", b"etag", "image_id", b"image_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_etag", b"_etag", "etag", b"etag", "image_id", b"image_id", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__etag: _TypeAlias = _typing.Literal["etag"]  # noqa: Y015
     _WhichOneofArgType__etag: _TypeAlias = _typing.Literal["_etag", b"_etag"]  # noqa: Y015
@@ -497,19 +513,27 @@ class BeginUploadRequest(_message.Message):
 
     IMAGE_ID_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     image_id: _builtins.str
     """The image's id."""
     etag: _builtins.str
     """Act only if the image's etag is still this one."""
+    request_id: _builtins.str
+    """Makes the request idempotent (AIP-155): a UUID the caller picks once per
+    logical request and sends again on every retry of it. A retry returns the
+    first outcome without applying the change twice; the same id with a
+    different request is INVALID_ARGUMENT REQUEST_ID_REUSED. Empty: none.
+    """
     def __init__(
         self,
         *,
         image_id: _builtins.str = ...,
         etag: _builtins.str | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_etag", b"_etag", "etag", b"etag"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_etag", b"_etag", "etag", b"etag", "image_id", b"image_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_etag", b"_etag", "etag", b"etag", "image_id", b"image_id", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__etag: _TypeAlias = _typing.Literal["etag"]  # noqa: Y015
     _WhichOneofArgType__etag: _TypeAlias = _typing.Literal["_etag", b"_etag"]  # noqa: Y015
@@ -554,6 +578,7 @@ class CompleteUploadRequest(_message.Message):
     OS_HASH_ALGO_FIELD_NUMBER: _builtins.int
     OS_HASH_VALUE_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     image_id: _builtins.str
     """The image's id."""
     size: _builtins.int
@@ -566,6 +591,12 @@ class CompleteUploadRequest(_message.Message):
     """The secure hash in hex; given together with os_hash_algo."""
     etag: _builtins.str
     """Act only if the image's etag is still this one."""
+    request_id: _builtins.str
+    """Makes the request idempotent (AIP-155): a UUID the caller picks once per
+    logical request and sends again on every retry of it. A retry returns the
+    first outcome without applying the change twice; the same id with a
+    different request is INVALID_ARGUMENT REQUEST_ID_REUSED. Empty: none.
+    """
     @_builtins.property
     def location(self) -> Global___Location:
         """Where the uploaded data is; becomes the image's first location."""
@@ -580,10 +611,11 @@ class CompleteUploadRequest(_message.Message):
         os_hash_algo: _builtins.str = ...,
         os_hash_value: _builtins.str = ...,
         etag: _builtins.str | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_etag", b"_etag", "etag", b"etag", "location", b"location"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_etag", b"_etag", "checksum", b"checksum", "etag", b"etag", "image_id", b"image_id", "location", b"location", "os_hash_algo", b"os_hash_algo", "os_hash_value", b"os_hash_value", "size", b"size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_etag", b"_etag", "checksum", b"checksum", "etag", b"etag", "image_id", b"image_id", "location", b"location", "os_hash_algo", b"os_hash_algo", "os_hash_value", b"os_hash_value", "request_id", b"request_id", "size", b"size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__etag: _TypeAlias = _typing.Literal["etag"]  # noqa: Y015
     _WhichOneofArgType__etag: _TypeAlias = _typing.Literal["_etag", b"_etag"]  # noqa: Y015
@@ -623,19 +655,27 @@ class FailUploadRequest(_message.Message):
 
     IMAGE_ID_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     image_id: _builtins.str
     """The image's id."""
     etag: _builtins.str
     """Act only if the image's etag is still this one."""
+    request_id: _builtins.str
+    """Makes the request idempotent (AIP-155): a UUID the caller picks once per
+    logical request and sends again on every retry of it. A retry returns the
+    first outcome without applying the change twice; the same id with a
+    different request is INVALID_ARGUMENT REQUEST_ID_REUSED. Empty: none.
+    """
     def __init__(
         self,
         *,
         image_id: _builtins.str = ...,
         etag: _builtins.str | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_etag", b"_etag", "etag", b"etag"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_etag", b"_etag", "etag", b"etag", "image_id", b"image_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_etag", b"_etag", "etag", b"etag", "image_id", b"image_id", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__etag: _TypeAlias = _typing.Literal["etag"]  # noqa: Y015
     _WhichOneofArgType__etag: _TypeAlias = _typing.Literal["_etag", b"_etag"]  # noqa: Y015
@@ -675,19 +715,27 @@ class StageImageRequest(_message.Message):
 
     IMAGE_ID_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     image_id: _builtins.str
     """The image's id."""
     etag: _builtins.str
     """Act only if the image's etag is still this one."""
+    request_id: _builtins.str
+    """Makes the request idempotent (AIP-155): a UUID the caller picks once per
+    logical request and sends again on every retry of it. A retry returns the
+    first outcome without applying the change twice; the same id with a
+    different request is INVALID_ARGUMENT REQUEST_ID_REUSED. Empty: none.
+    """
     def __init__(
         self,
         *,
         image_id: _builtins.str = ...,
         etag: _builtins.str | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_etag", b"_etag", "etag", b"etag"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_etag", b"_etag", "etag", b"etag", "image_id", b"image_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_etag", b"_etag", "etag", b"etag", "image_id", b"image_id", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__etag: _TypeAlias = _typing.Literal["etag"]  # noqa: Y015
     _WhichOneofArgType__etag: _TypeAlias = _typing.Literal["_etag", b"_etag"]  # noqa: Y015
@@ -727,19 +775,27 @@ class BeginImportRequest(_message.Message):
 
     IMAGE_ID_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     image_id: _builtins.str
     """The image's id."""
     etag: _builtins.str
     """Act only if the image's etag is still this one."""
+    request_id: _builtins.str
+    """Makes the request idempotent (AIP-155): a UUID the caller picks once per
+    logical request and sends again on every retry of it. A retry returns the
+    first outcome without applying the change twice; the same id with a
+    different request is INVALID_ARGUMENT REQUEST_ID_REUSED. Empty: none.
+    """
     def __init__(
         self,
         *,
         image_id: _builtins.str = ...,
         etag: _builtins.str | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_etag", b"_etag", "etag", b"etag"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_etag", b"_etag", "etag", b"etag", "image_id", b"image_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_etag", b"_etag", "etag", b"etag", "image_id", b"image_id", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__etag: _TypeAlias = _typing.Literal["etag"]  # noqa: Y015
     _WhichOneofArgType__etag: _TypeAlias = _typing.Literal["_etag", b"_etag"]  # noqa: Y015
@@ -779,19 +835,27 @@ class DeactivateImageRequest(_message.Message):
 
     IMAGE_ID_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     image_id: _builtins.str
     """The image's id."""
     etag: _builtins.str
     """Act only if the image's etag is still this one."""
+    request_id: _builtins.str
+    """Makes the request idempotent (AIP-155): a UUID the caller picks once per
+    logical request and sends again on every retry of it. A retry returns the
+    first outcome without applying the change twice; the same id with a
+    different request is INVALID_ARGUMENT REQUEST_ID_REUSED. Empty: none.
+    """
     def __init__(
         self,
         *,
         image_id: _builtins.str = ...,
         etag: _builtins.str | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_etag", b"_etag", "etag", b"etag"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_etag", b"_etag", "etag", b"etag", "image_id", b"image_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_etag", b"_etag", "etag", b"etag", "image_id", b"image_id", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__etag: _TypeAlias = _typing.Literal["etag"]  # noqa: Y015
     _WhichOneofArgType__etag: _TypeAlias = _typing.Literal["_etag", b"_etag"]  # noqa: Y015
@@ -831,19 +895,27 @@ class ReactivateImageRequest(_message.Message):
 
     IMAGE_ID_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     image_id: _builtins.str
     """The image's id."""
     etag: _builtins.str
     """Act only if the image's etag is still this one."""
+    request_id: _builtins.str
+    """Makes the request idempotent (AIP-155): a UUID the caller picks once per
+    logical request and sends again on every retry of it. A retry returns the
+    first outcome without applying the change twice; the same id with a
+    different request is INVALID_ARGUMENT REQUEST_ID_REUSED. Empty: none.
+    """
     def __init__(
         self,
         *,
         image_id: _builtins.str = ...,
         etag: _builtins.str | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_etag", b"_etag", "etag", b"etag"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_etag", b"_etag", "etag", b"etag", "image_id", b"image_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_etag", b"_etag", "etag", b"etag", "image_id", b"image_id", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__etag: _TypeAlias = _typing.Literal["etag"]  # noqa: Y015
     _WhichOneofArgType__etag: _TypeAlias = _typing.Literal["_etag", b"_etag"]  # noqa: Y015
@@ -886,12 +958,19 @@ class AddLocationRequest(_message.Message):
     INDEX_FIELD_NUMBER: _builtins.int
     VALIDATION_DATA_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     image_id: _builtins.str
     """The image's id."""
     index: _builtins.int
     """Where to insert it, 0 <= index <= the number of locations; absent appends."""
     etag: _builtins.str
     """Act only if the image's etag is still this one."""
+    request_id: _builtins.str
+    """Makes the request idempotent (AIP-155): a UUID the caller picks once per
+    logical request and sends again on every retry of it. A retry returns the
+    first outcome without applying the change twice; the same id with a
+    different request is INVALID_ARGUMENT REQUEST_ID_REUSED. Empty: none.
+    """
     @_builtins.property
     def location(self) -> Global___Location:
         """The location to add."""
@@ -908,10 +987,11 @@ class AddLocationRequest(_message.Message):
         index: _builtins.int | None = ...,
         validation_data: Global___ValidationData | None = ...,
         etag: _builtins.str | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_etag", b"_etag", "_index", b"_index", "etag", b"etag", "index", b"index", "location", b"location", "validation_data", b"validation_data"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_etag", b"_etag", "_index", b"_index", "etag", b"etag", "image_id", b"image_id", "index", b"index", "location", b"location", "validation_data", b"validation_data"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_etag", b"_etag", "_index", b"_index", "etag", b"etag", "image_id", b"image_id", "index", b"index", "location", b"location", "request_id", b"request_id", "validation_data", b"validation_data"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__etag: _TypeAlias = _typing.Literal["etag"]  # noqa: Y015
     _WhichOneofArgType__etag: _TypeAlias = _typing.Literal["_etag", b"_etag"]  # noqa: Y015
@@ -958,6 +1038,7 @@ class RemoveLocationRequest(_message.Message):
     INDEX_FIELD_NUMBER: _builtins.int
     URL_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     image_id: _builtins.str
     """The image's id."""
     index: _builtins.int
@@ -966,6 +1047,12 @@ class RemoveLocationRequest(_message.Message):
     """The location's URL; the first location with this URL is removed."""
     etag: _builtins.str
     """Act only if the image's etag is still this one."""
+    request_id: _builtins.str
+    """Makes the request idempotent (AIP-155): a UUID the caller picks once per
+    logical request and sends again on every retry of it. A retry returns the
+    first outcome without applying the change twice; the same id with a
+    different request is INVALID_ARGUMENT REQUEST_ID_REUSED. Empty: none.
+    """
     def __init__(
         self,
         *,
@@ -973,10 +1060,11 @@ class RemoveLocationRequest(_message.Message):
         index: _builtins.int = ...,
         url: _builtins.str = ...,
         etag: _builtins.str | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_etag", b"_etag", "etag", b"etag", "index", b"index", "target", b"target", "url", b"url"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_etag", b"_etag", "etag", b"etag", "image_id", b"image_id", "index", b"index", "target", b"target", "url", b"url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_etag", b"_etag", "etag", b"etag", "image_id", b"image_id", "index", b"index", "request_id", b"request_id", "target", b"target", "url", b"url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__etag: _TypeAlias = _typing.Literal["etag"]  # noqa: Y015
     _WhichOneofArgType__etag: _TypeAlias = _typing.Literal["_etag", b"_etag"]  # noqa: Y015
@@ -1023,10 +1111,17 @@ class ReplaceLocationRequest(_message.Message):
     LOCATIONS_FIELD_NUMBER: _builtins.int
     VALIDATION_DATA_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     image_id: _builtins.str
     """The image's id."""
     etag: _builtins.str
     """Act only if the image's etag is still this one."""
+    request_id: _builtins.str
+    """Makes the request idempotent (AIP-155): a UUID the caller picks once per
+    logical request and sends again on every retry of it. A retry returns the
+    first outcome without applying the change twice; the same id with a
+    different request is INVALID_ARGUMENT REQUEST_ID_REUSED. Empty: none.
+    """
     @_builtins.property
     def locations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Location]:
         """The new full list of locations, in order; must not be empty."""
@@ -1042,10 +1137,11 @@ class ReplaceLocationRequest(_message.Message):
         locations: _abc.Iterable[Global___Location] | None = ...,
         validation_data: Global___ValidationData | None = ...,
         etag: _builtins.str | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_etag", b"_etag", "etag", b"etag", "validation_data", b"validation_data"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_etag", b"_etag", "etag", b"etag", "image_id", b"image_id", "locations", b"locations", "validation_data", b"validation_data"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_etag", b"_etag", "etag", b"etag", "image_id", b"image_id", "locations", b"locations", "request_id", b"request_id", "validation_data", b"validation_data"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__etag: _TypeAlias = _typing.Literal["etag"]  # noqa: Y015
     _WhichOneofArgType__etag: _TypeAlias = _typing.Literal["_etag", b"_etag"]  # noqa: Y015

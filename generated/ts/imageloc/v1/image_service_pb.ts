@@ -21,7 +21,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file imageloc/v1/image_service.proto.
  */
 export const file_imageloc_v1_image_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch9pbWFnZWxvYy92MS9pbWFnZV9zZXJ2aWNlLnByb3RvEgtpbWFnZWxvYy52MSJCCghMb2NhdGlvbhILCgN1cmwYASABKAkSKQoIbWV0YWRhdGEYAiABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0Ik8KDlZhbGlkYXRpb25EYXRhEhAKCGNoZWNrc3VtGAEgASgJEhQKDG9zX2hhc2hfYWxnbxgCIAEoCRIVCg1vc19oYXNoX3ZhbHVlGAMgASgJIrUDCgVJbWFnZRIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEigKBnN0YXR1cxgDIAEoDjIYLmltYWdlbG9jLnYxLkltYWdlU3RhdHVzEigKCWxvY2F0aW9ucxgEIAMoCzIVLmltYWdlbG9jLnYxLkxvY2F0aW9uEgwKBHNpemUYBSABKAMSEAoIY2hlY2tzdW0YBiABKAkSFAoMb3NfaGFzaF9hbGdvGAcgASgJEhUKDW9zX2hhc2hfdmFsdWUYCCABKAkSEwoLZGlza19mb3JtYXQYCSABKAkSGAoQY29udGFpbmVyX2Zvcm1hdBgKIAEoCRIwCgp2aXNpYmlsaXR5GAsgASgOMhwuaW1hZ2Vsb2MudjEuSW1hZ2VWaXNpYmlsaXR5Eg0KBW93bmVyGAwgASgJEhEKCXByb3RlY3RlZBgNIAEoCBIvCgtjcmVhdGVfdGltZRgOIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYDyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEgwKBGV0YWcYECABKAkirgEKEkNyZWF0ZUltYWdlUmVxdWVzdBIMCgRuYW1lGAEgASgJEhMKC2Rpc2tfZm9ybWF0GAIgASgJEhgKEGNvbnRhaW5lcl9mb3JtYXQYAyABKAkSMAoKdmlzaWJpbGl0eRgEIAEoDjIcLmltYWdlbG9jLnYxLkltYWdlVmlzaWJpbGl0eRIRCglwcm90ZWN0ZWQYBSABKAgSDwoCaWQYBiABKAlIAIgBAUIFCgNfaWQiOAoTQ3JlYXRlSW1hZ2VSZXNwb25zZRIhCgVpbWFnZRgBIAEoCzISLmltYWdlbG9jLnYxLkltYWdlIiMKD0dldEltYWdlUmVxdWVzdBIQCghpbWFnZV9pZBgBIAEoCSI1ChBHZXRJbWFnZVJlc3BvbnNlEiEKBWltYWdlGAEgASgLMhIuaW1hZ2Vsb2MudjEuSW1hZ2UidAoRTGlzdEltYWdlc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSLQoGc3RhdHVzGAMgASgOMhguaW1hZ2Vsb2MudjEuSW1hZ2VTdGF0dXNIAIgBAUIJCgdfc3RhdHVzIlEKEkxpc3RJbWFnZXNSZXNwb25zZRIiCgZpbWFnZXMYASADKAsyEi5pbWFnZWxvYy52MS5JbWFnZRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiQgoSRGVsZXRlSW1hZ2VSZXF1ZXN0EhAKCGltYWdlX2lkGAEgASgJEhEKBGV0YWcYAiABKAlIAIgBAUIHCgVfZXRhZyI4ChNEZWxldGVJbWFnZVJlc3BvbnNlEiEKBWltYWdlGAEgASgLMhIuaW1hZ2Vsb2MudjEuSW1hZ2UiQgoSQmVnaW5VcGxvYWRSZXF1ZXN0EhAKCGltYWdlX2lkGAEgASgJEhEKBGV0YWcYAiABKAlIAIgBAUIHCgVfZXRhZyI4ChNCZWdpblVwbG9hZFJlc3BvbnNlEiEKBWltYWdlGAEgASgLMhIuaW1hZ2Vsb2MudjEuSW1hZ2UiuwEKFUNvbXBsZXRlVXBsb2FkUmVxdWVzdBIQCghpbWFnZV9pZBgBIAEoCRInCghsb2NhdGlvbhgCIAEoCzIVLmltYWdlbG9jLnYxLkxvY2F0aW9uEgwKBHNpemUYAyABKAMSEAoIY2hlY2tzdW0YBCABKAkSFAoMb3NfaGFzaF9hbGdvGAUgASgJEhUKDW9zX2hhc2hfdmFsdWUYBiABKAkSEQoEZXRhZxgHIAEoCUgAiAEBQgcKBV9ldGFnIjsKFkNvbXBsZXRlVXBsb2FkUmVzcG9uc2USIQoFaW1hZ2UYASABKAsyEi5pbWFnZWxvYy52MS5JbWFnZSJBChFGYWlsVXBsb2FkUmVxdWVzdBIQCghpbWFnZV9pZBgBIAEoCRIRCgRldGFnGAIgASgJSACIAQFCBwoFX2V0YWciNwoSRmFpbFVwbG9hZFJlc3BvbnNlEiEKBWltYWdlGAEgASgLMhIuaW1hZ2Vsb2MudjEuSW1hZ2UiQQoRU3RhZ2VJbWFnZVJlcXVlc3QSEAoIaW1hZ2VfaWQYASABKAkSEQoEZXRhZxgCIAEoCUgAiAEBQgcKBV9ldGFnIjcKElN0YWdlSW1hZ2VSZXNwb25zZRIhCgVpbWFnZRgBIAEoCzISLmltYWdlbG9jLnYxLkltYWdlIkIKEkJlZ2luSW1wb3J0UmVxdWVzdBIQCghpbWFnZV9pZBgBIAEoCRIRCgRldGFnGAIgASgJSACIAQFCBwoFX2V0YWciOAoTQmVnaW5JbXBvcnRSZXNwb25zZRIhCgVpbWFnZRgBIAEoCzISLmltYWdlbG9jLnYxLkltYWdlIkYKFkRlYWN0aXZhdGVJbWFnZVJlcXVlc3QSEAoIaW1hZ2VfaWQYASABKAkSEQoEZXRhZxgCIAEoCUgAiAEBQgcKBV9ldGFnIjwKF0RlYWN0aXZhdGVJbWFnZVJlc3BvbnNlEiEKBWltYWdlGAEgASgLMhIuaW1hZ2Vsb2MudjEuSW1hZ2UiRgoWUmVhY3RpdmF0ZUltYWdlUmVxdWVzdBIQCghpbWFnZV9pZBgBIAEoCRIRCgRldGFnGAIgASgJSACIAQFCBwoFX2V0YWciPAoXUmVhY3RpdmF0ZUltYWdlUmVzcG9uc2USIQoFaW1hZ2UYASABKAsyEi5pbWFnZWxvYy52MS5JbWFnZSK/AQoSQWRkTG9jYXRpb25SZXF1ZXN0EhAKCGltYWdlX2lkGAEgASgJEicKCGxvY2F0aW9uGAIgASgLMhUuaW1hZ2Vsb2MudjEuTG9jYXRpb24SEgoFaW5kZXgYAyABKAVIAIgBARI0Cg92YWxpZGF0aW9uX2RhdGEYBCABKAsyGy5pbWFnZWxvYy52MS5WYWxpZGF0aW9uRGF0YRIRCgRldGFnGAUgASgJSAGIAQFCCAoGX2luZGV4QgcKBV9ldGFnIjgKE0FkZExvY2F0aW9uUmVzcG9uc2USIQoFaW1hZ2UYASABKAsyEi5pbWFnZWxvYy52MS5JbWFnZSJvChVSZW1vdmVMb2NhdGlvblJlcXVlc3QSEAoIaW1hZ2VfaWQYASABKAkSDwoFaW5kZXgYAiABKAVIABINCgN1cmwYAyABKAlIABIRCgRldGFnGAQgASgJSAGIAQFCCAoGdGFyZ2V0QgcKBV9ldGFnIjsKFlJlbW92ZUxvY2F0aW9uUmVzcG9uc2USIQoFaW1hZ2UYASABKAsyEi5pbWFnZWxvYy52MS5JbWFnZSKmAQoWUmVwbGFjZUxvY2F0aW9uUmVxdWVzdBIQCghpbWFnZV9pZBgBIAEoCRIoCglsb2NhdGlvbnMYAiADKAsyFS5pbWFnZWxvYy52MS5Mb2NhdGlvbhI0Cg92YWxpZGF0aW9uX2RhdGEYAyABKAsyGy5pbWFnZWxvYy52MS5WYWxpZGF0aW9uRGF0YRIRCgRldGFnGAQgASgJSACIAQFCBwoFX2V0YWciPAoXUmVwbGFjZUxvY2F0aW9uUmVzcG9uc2USIQoFaW1hZ2UYASABKAsyEi5pbWFnZWxvYy52MS5JbWFnZSqgAgoLSW1hZ2VTdGF0dXMSHAoYSU1BR0VfU1RBVFVTX1VOU1BFQ0lGSUVEEAASFwoTSU1BR0VfU1RBVFVTX1FVRVVFRBABEhcKE0lNQUdFX1NUQVRVU19TQVZJTkcQAhIXChNJTUFHRV9TVEFUVVNfQUNUSVZFEAMSFwoTSU1BR0VfU1RBVFVTX0tJTExFRBAEEhgKFElNQUdFX1NUQVRVU19ERUxFVEVEEAUSHwobSU1BR0VfU1RBVFVTX1BFTkRJTkdfREVMRVRFEAYSHAoYSU1BR0VfU1RBVFVTX0RFQUNUSVZBVEVEEAcSGgoWSU1BR0VfU1RBVFVTX1VQTE9BRElORxAIEhoKFklNQUdFX1NUQVRVU19JTVBPUlRJTkcQCSqrAQoPSW1hZ2VWaXNpYmlsaXR5EiAKHElNQUdFX1ZJU0lCSUxJVFlfVU5TUEVDSUZJRUQQABIcChhJTUFHRV9WSVNJQklMSVRZX1BSSVZBVEUQARIbChdJTUFHRV9WSVNJQklMSVRZX1BVQkxJQxACEhsKF0lNQUdFX1ZJU0lCSUxJVFlfU0hBUkVEEAMSHgoaSU1BR0VfVklTSUJJTElUWV9DT01NVU5JVFkQBDKuCQoMSW1hZ2VTZXJ2aWNlElAKC0NyZWF0ZUltYWdlEh8uaW1hZ2Vsb2MudjEuQ3JlYXRlSW1hZ2VSZXF1ZXN0GiAuaW1hZ2Vsb2MudjEuQ3JlYXRlSW1hZ2VSZXNwb25zZRJHCghHZXRJbWFnZRIcLmltYWdlbG9jLnYxLkdldEltYWdlUmVxdWVzdBodLmltYWdlbG9jLnYxLkdldEltYWdlUmVzcG9uc2USTQoKTGlzdEltYWdlcxIeLmltYWdlbG9jLnYxLkxpc3RJbWFnZXNSZXF1ZXN0Gh8uaW1hZ2Vsb2MudjEuTGlzdEltYWdlc1Jlc3BvbnNlElAKC0RlbGV0ZUltYWdlEh8uaW1hZ2Vsb2MudjEuRGVsZXRlSW1hZ2VSZXF1ZXN0GiAuaW1hZ2Vsb2MudjEuRGVsZXRlSW1hZ2VSZXNwb25zZRJQCgtCZWdpblVwbG9hZBIfLmltYWdlbG9jLnYxLkJlZ2luVXBsb2FkUmVxdWVzdBogLmltYWdlbG9jLnYxLkJlZ2luVXBsb2FkUmVzcG9uc2USWQoOQ29tcGxldGVVcGxvYWQSIi5pbWFnZWxvYy52MS5Db21wbGV0ZVVwbG9hZFJlcXVlc3QaIy5pbWFnZWxvYy52MS5Db21wbGV0ZVVwbG9hZFJlc3BvbnNlEk0KCkZhaWxVcGxvYWQSHi5pbWFnZWxvYy52MS5GYWlsVXBsb2FkUmVxdWVzdBofLmltYWdlbG9jLnYxLkZhaWxVcGxvYWRSZXNwb25zZRJNCgpTdGFnZUltYWdlEh4uaW1hZ2Vsb2MudjEuU3RhZ2VJbWFnZVJlcXVlc3QaHy5pbWFnZWxvYy52MS5TdGFnZUltYWdlUmVzcG9uc2USUAoLQmVnaW5JbXBvcnQSHy5pbWFnZWxvYy52MS5CZWdpbkltcG9ydFJlcXVlc3QaIC5pbWFnZWxvYy52MS5CZWdpbkltcG9ydFJlc3BvbnNlElwKD0RlYWN0aXZhdGVJbWFnZRIjLmltYWdlbG9jLnYxLkRlYWN0aXZhdGVJbWFnZVJlcXVlc3QaJC5pbWFnZWxvYy52MS5EZWFjdGl2YXRlSW1hZ2VSZXNwb25zZRJcCg9SZWFjdGl2YXRlSW1hZ2USIy5pbWFnZWxvYy52MS5SZWFjdGl2YXRlSW1hZ2VSZXF1ZXN0GiQuaW1hZ2Vsb2MudjEuUmVhY3RpdmF0ZUltYWdlUmVzcG9uc2USUAoLQWRkTG9jYXRpb24SHy5pbWFnZWxvYy52MS5BZGRMb2NhdGlvblJlcXVlc3QaIC5pbWFnZWxvYy52MS5BZGRMb2NhdGlvblJlc3BvbnNlElkKDlJlbW92ZUxvY2F0aW9uEiIuaW1hZ2Vsb2MudjEuUmVtb3ZlTG9jYXRpb25SZXF1ZXN0GiMuaW1hZ2Vsb2MudjEuUmVtb3ZlTG9jYXRpb25SZXNwb25zZRJcCg9SZXBsYWNlTG9jYXRpb24SIy5pbWFnZWxvYy52MS5SZXBsYWNlTG9jYXRpb25SZXF1ZXN0GiQuaW1hZ2Vsb2MudjEuUmVwbGFjZUxvY2F0aW9uUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("Ch9pbWFnZWxvYy92MS9pbWFnZV9zZXJ2aWNlLnByb3RvEgtpbWFnZWxvYy52MSJCCghMb2NhdGlvbhILCgN1cmwYASABKAkSKQoIbWV0YWRhdGEYAiABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0Ik8KDlZhbGlkYXRpb25EYXRhEhAKCGNoZWNrc3VtGAEgASgJEhQKDG9zX2hhc2hfYWxnbxgCIAEoCRIVCg1vc19oYXNoX3ZhbHVlGAMgASgJIrUDCgVJbWFnZRIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEigKBnN0YXR1cxgDIAEoDjIYLmltYWdlbG9jLnYxLkltYWdlU3RhdHVzEigKCWxvY2F0aW9ucxgEIAMoCzIVLmltYWdlbG9jLnYxLkxvY2F0aW9uEgwKBHNpemUYBSABKAMSEAoIY2hlY2tzdW0YBiABKAkSFAoMb3NfaGFzaF9hbGdvGAcgASgJEhUKDW9zX2hhc2hfdmFsdWUYCCABKAkSEwoLZGlza19mb3JtYXQYCSABKAkSGAoQY29udGFpbmVyX2Zvcm1hdBgKIAEoCRIwCgp2aXNpYmlsaXR5GAsgASgOMhwuaW1hZ2Vsb2MudjEuSW1hZ2VWaXNpYmlsaXR5Eg0KBW93bmVyGAwgASgJEhEKCXByb3RlY3RlZBgNIAEoCBIvCgtjcmVhdGVfdGltZRgOIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYDyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEgwKBGV0YWcYECABKAkiwgEKEkNyZWF0ZUltYWdlUmVxdWVzdBIMCgRuYW1lGAEgASgJEhMKC2Rpc2tfZm9ybWF0GAIgASgJEhgKEGNvbnRhaW5lcl9mb3JtYXQYAyABKAkSMAoKdmlzaWJpbGl0eRgEIAEoDjIcLmltYWdlbG9jLnYxLkltYWdlVmlzaWJpbGl0eRIRCglwcm90ZWN0ZWQYBSABKAgSDwoCaWQYBiABKAlIAIgBARISCgpyZXF1ZXN0X2lkGAcgASgJQgUKA19pZCI4ChNDcmVhdGVJbWFnZVJlc3BvbnNlEiEKBWltYWdlGAEgASgLMhIuaW1hZ2Vsb2MudjEuSW1hZ2UiIwoPR2V0SW1hZ2VSZXF1ZXN0EhAKCGltYWdlX2lkGAEgASgJIjUKEEdldEltYWdlUmVzcG9uc2USIQoFaW1hZ2UYASABKAsyEi5pbWFnZWxvYy52MS5JbWFnZSJ0ChFMaXN0SW1hZ2VzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRItCgZzdGF0dXMYAyABKA4yGC5pbWFnZWxvYy52MS5JbWFnZVN0YXR1c0gAiAEBQgkKB19zdGF0dXMiUQoSTGlzdEltYWdlc1Jlc3BvbnNlEiIKBmltYWdlcxgBIAMoCzISLmltYWdlbG9jLnYxLkltYWdlEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJWChJEZWxldGVJbWFnZVJlcXVlc3QSEAoIaW1hZ2VfaWQYASABKAkSEQoEZXRhZxgCIAEoCUgAiAEBEhIKCnJlcXVlc3RfaWQYAyABKAlCBwoFX2V0YWciOAoTRGVsZXRlSW1hZ2VSZXNwb25zZRIhCgVpbWFnZRgBIAEoCzISLmltYWdlbG9jLnYxLkltYWdlIlYKEkJlZ2luVXBsb2FkUmVxdWVzdBIQCghpbWFnZV9pZBgBIAEoCRIRCgRldGFnGAIgASgJSACIAQESEgoKcmVxdWVzdF9pZBgDIAEoCUIHCgVfZXRhZyI4ChNCZWdpblVwbG9hZFJlc3BvbnNlEiEKBWltYWdlGAEgASgLMhIuaW1hZ2Vsb2MudjEuSW1hZ2UizwEKFUNvbXBsZXRlVXBsb2FkUmVxdWVzdBIQCghpbWFnZV9pZBgBIAEoCRInCghsb2NhdGlvbhgCIAEoCzIVLmltYWdlbG9jLnYxLkxvY2F0aW9uEgwKBHNpemUYAyABKAMSEAoIY2hlY2tzdW0YBCABKAkSFAoMb3NfaGFzaF9hbGdvGAUgASgJEhUKDW9zX2hhc2hfdmFsdWUYBiABKAkSEQoEZXRhZxgHIAEoCUgAiAEBEhIKCnJlcXVlc3RfaWQYCCABKAlCBwoFX2V0YWciOwoWQ29tcGxldGVVcGxvYWRSZXNwb25zZRIhCgVpbWFnZRgBIAEoCzISLmltYWdlbG9jLnYxLkltYWdlIlUKEUZhaWxVcGxvYWRSZXF1ZXN0EhAKCGltYWdlX2lkGAEgASgJEhEKBGV0YWcYAiABKAlIAIgBARISCgpyZXF1ZXN0X2lkGAMgASgJQgcKBV9ldGFnIjcKEkZhaWxVcGxvYWRSZXNwb25zZRIhCgVpbWFnZRgBIAEoCzISLmltYWdlbG9jLnYxLkltYWdlIlUKEVN0YWdlSW1hZ2VSZXF1ZXN0EhAKCGltYWdlX2lkGAEgASgJEhEKBGV0YWcYAiABKAlIAIgBARISCgpyZXF1ZXN0X2lkGAMgASgJQgcKBV9ldGFnIjcKElN0YWdlSW1hZ2VSZXNwb25zZRIhCgVpbWFnZRgBIAEoCzISLmltYWdlbG9jLnYxLkltYWdlIlYKEkJlZ2luSW1wb3J0UmVxdWVzdBIQCghpbWFnZV9pZBgBIAEoCRIRCgRldGFnGAIgASgJSACIAQESEgoKcmVxdWVzdF9pZBgDIAEoCUIHCgVfZXRhZyI4ChNCZWdpbkltcG9ydFJlc3BvbnNlEiEKBWltYWdlGAEgASgLMhIuaW1hZ2Vsb2MudjEuSW1hZ2UiWgoWRGVhY3RpdmF0ZUltYWdlUmVxdWVzdBIQCghpbWFnZV9pZBgBIAEoCRIRCgRldGFnGAIgASgJSACIAQESEgoKcmVxdWVzdF9pZBgDIAEoCUIHCgVfZXRhZyI8ChdEZWFjdGl2YXRlSW1hZ2VSZXNwb25zZRIhCgVpbWFnZRgBIAEoCzISLmltYWdlbG9jLnYxLkltYWdlIloKFlJlYWN0aXZhdGVJbWFnZVJlcXVlc3QSEAoIaW1hZ2VfaWQYASABKAkSEQoEZXRhZxgCIAEoCUgAiAEBEhIKCnJlcXVlc3RfaWQYAyABKAlCBwoFX2V0YWciPAoXUmVhY3RpdmF0ZUltYWdlUmVzcG9uc2USIQoFaW1hZ2UYASABKAsyEi5pbWFnZWxvYy52MS5JbWFnZSLTAQoSQWRkTG9jYXRpb25SZXF1ZXN0EhAKCGltYWdlX2lkGAEgASgJEicKCGxvY2F0aW9uGAIgASgLMhUuaW1hZ2Vsb2MudjEuTG9jYXRpb24SEgoFaW5kZXgYAyABKAVIAIgBARI0Cg92YWxpZGF0aW9uX2RhdGEYBCABKAsyGy5pbWFnZWxvYy52MS5WYWxpZGF0aW9uRGF0YRIRCgRldGFnGAUgASgJSAGIAQESEgoKcmVxdWVzdF9pZBgGIAEoCUIICgZfaW5kZXhCBwoFX2V0YWciOAoTQWRkTG9jYXRpb25SZXNwb25zZRIhCgVpbWFnZRgBIAEoCzISLmltYWdlbG9jLnYxLkltYWdlIoMBChVSZW1vdmVMb2NhdGlvblJlcXVlc3QSEAoIaW1hZ2VfaWQYASABKAkSDwoFaW5kZXgYAiABKAVIABINCgN1cmwYAyABKAlIABIRCgRldGFnGAQgASgJSAGIAQESEgoKcmVxdWVzdF9pZBgFIAEoCUIICgZ0YXJnZXRCBwoFX2V0YWciOwoWUmVtb3ZlTG9jYXRpb25SZXNwb25zZRIhCgVpbWFnZRgBIAEoCzISLmltYWdlbG9jLnYxLkltYWdlIroBChZSZXBsYWNlTG9jYXRpb25SZXF1ZXN0EhAKCGltYWdlX2lkGAEgASgJEigKCWxvY2F0aW9ucxgCIAMoCzIVLmltYWdlbG9jLnYxLkxvY2F0aW9uEjQKD3ZhbGlkYXRpb25fZGF0YRgDIAEoCzIbLmltYWdlbG9jLnYxLlZhbGlkYXRpb25EYXRhEhEKBGV0YWcYBCABKAlIAIgBARISCgpyZXF1ZXN0X2lkGAUgASgJQgcKBV9ldGFnIjwKF1JlcGxhY2VMb2NhdGlvblJlc3BvbnNlEiEKBWltYWdlGAEgASgLMhIuaW1hZ2Vsb2MudjEuSW1hZ2UqoAIKC0ltYWdlU3RhdHVzEhwKGElNQUdFX1NUQVRVU19VTlNQRUNJRklFRBAAEhcKE0lNQUdFX1NUQVRVU19RVUVVRUQQARIXChNJTUFHRV9TVEFUVVNfU0FWSU5HEAISFwoTSU1BR0VfU1RBVFVTX0FDVElWRRADEhcKE0lNQUdFX1NUQVRVU19LSUxMRUQQBBIYChRJTUFHRV9TVEFUVVNfREVMRVRFRBAFEh8KG0lNQUdFX1NUQVRVU19QRU5ESU5HX0RFTEVURRAGEhwKGElNQUdFX1NUQVRVU19ERUFDVElWQVRFRBAHEhoKFklNQUdFX1NUQVRVU19VUExPQURJTkcQCBIaChZJTUFHRV9TVEFUVVNfSU1QT1JUSU5HEAkqqwEKD0ltYWdlVmlzaWJpbGl0eRIgChxJTUFHRV9WSVNJQklMSVRZX1VOU1BFQ0lGSUVEEAASHAoYSU1BR0VfVklTSUJJTElUWV9QUklWQVRFEAESGwoXSU1BR0VfVklTSUJJTElUWV9QVUJMSUMQAhIbChdJTUFHRV9WSVNJQklMSVRZX1NIQVJFRBADEh4KGklNQUdFX1ZJU0lCSUxJVFlfQ09NTVVOSVRZEAQyrgkKDEltYWdlU2VydmljZRJQCgtDcmVhdGVJbWFnZRIfLmltYWdlbG9jLnYxLkNyZWF0ZUltYWdlUmVxdWVzdBogLmltYWdlbG9jLnYxLkNyZWF0ZUltYWdlUmVzcG9uc2USRwoIR2V0SW1hZ2USHC5pbWFnZWxvYy52MS5HZXRJbWFnZVJlcXVlc3QaHS5pbWFnZWxvYy52MS5HZXRJbWFnZVJlc3BvbnNlEk0KCkxpc3RJbWFnZXMSHi5pbWFnZWxvYy52MS5MaXN0SW1hZ2VzUmVxdWVzdBofLmltYWdlbG9jLnYxLkxpc3RJbWFnZXNSZXNwb25zZRJQCgtEZWxldGVJbWFnZRIfLmltYWdlbG9jLnYxLkRlbGV0ZUltYWdlUmVxdWVzdBogLmltYWdlbG9jLnYxLkRlbGV0ZUltYWdlUmVzcG9uc2USUAoLQmVnaW5VcGxvYWQSHy5pbWFnZWxvYy52MS5CZWdpblVwbG9hZFJlcXVlc3QaIC5pbWFnZWxvYy52MS5CZWdpblVwbG9hZFJlc3BvbnNlElkKDkNvbXBsZXRlVXBsb2FkEiIuaW1hZ2Vsb2MudjEuQ29tcGxldGVVcGxvYWRSZXF1ZXN0GiMuaW1hZ2Vsb2MudjEuQ29tcGxldGVVcGxvYWRSZXNwb25zZRJNCgpGYWlsVXBsb2FkEh4uaW1hZ2Vsb2MudjEuRmFpbFVwbG9hZFJlcXVlc3QaHy5pbWFnZWxvYy52MS5GYWlsVXBsb2FkUmVzcG9uc2USTQoKU3RhZ2VJbWFnZRIeLmltYWdlbG9jLnYxLlN0YWdlSW1hZ2VSZXF1ZXN0Gh8uaW1hZ2Vsb2MudjEuU3RhZ2VJbWFnZVJlc3BvbnNlElAKC0JlZ2luSW1wb3J0Eh8uaW1hZ2Vsb2MudjEuQmVnaW5JbXBvcnRSZXF1ZXN0GiAuaW1hZ2Vsb2MudjEuQmVnaW5JbXBvcnRSZXNwb25zZRJcCg9EZWFjdGl2YXRlSW1hZ2USIy5pbWFnZWxvYy52MS5EZWFjdGl2YXRlSW1hZ2VSZXF1ZXN0GiQuaW1hZ2Vsb2MudjEuRGVhY3RpdmF0ZUltYWdlUmVzcG9uc2USXAoPUmVhY3RpdmF0ZUltYWdlEiMuaW1hZ2Vsb2MudjEuUmVhY3RpdmF0ZUltYWdlUmVxdWVzdBokLmltYWdlbG9jLnYxLlJlYWN0aXZhdGVJbWFnZVJlc3BvbnNlElAKC0FkZExvY2F0aW9uEh8uaW1hZ2Vsb2MudjEuQWRkTG9jYXRpb25SZXF1ZXN0GiAuaW1hZ2Vsb2MudjEuQWRkTG9jYXRpb25SZXNwb25zZRJZCg5SZW1vdmVMb2NhdGlvbhIiLmltYWdlbG9jLnYxLlJlbW92ZUxvY2F0aW9uUmVxdWVzdBojLmltYWdlbG9jLnYxLlJlbW92ZUxvY2F0aW9uUmVzcG9uc2USXAoPUmVwbGFjZUxvY2F0aW9uEiMuaW1hZ2Vsb2MudjEuUmVwbGFjZUxvY2F0aW9uUmVxdWVzdBokLmltYWdlbG9jLnYxLlJlcGxhY2VMb2NhdGlvblJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * Location is one place that holds an image's data.
@@ -260,6 +260,16 @@ export type CreateImageRequest = Message<"imageloc.v1.CreateImageRequest"> & {
    * @generated from field: optional string id = 6;
    */
   id?: string | undefined;
+
+  /**
+   * Makes the request idempotent (AIP-155): a UUID the caller picks once per
+   * logical request and sends again on every retry of it. A retry returns the
+   * first outcome without applying the change twice; the same id with a
+   * different request is INVALID_ARGUMENT REQUEST_ID_REUSED. Empty: none.
+   *
+   * @generated from field: string request_id = 7;
+   */
+  requestId: string;
 };
 
 /**
@@ -415,6 +425,16 @@ export type DeleteImageRequest = Message<"imageloc.v1.DeleteImageRequest"> & {
    * @generated from field: optional string etag = 2;
    */
   etag?: string | undefined;
+
+  /**
+   * Makes the request idempotent (AIP-155): a UUID the caller picks once per
+   * logical request and sends again on every retry of it. A retry returns the
+   * first outcome without applying the change twice; the same id with a
+   * different request is INVALID_ARGUMENT REQUEST_ID_REUSED. Empty: none.
+   *
+   * @generated from field: string request_id = 3;
+   */
+  requestId: string;
 };
 
 /**
@@ -464,6 +484,16 @@ export type BeginUploadRequest = Message<"imageloc.v1.BeginUploadRequest"> & {
    * @generated from field: optional string etag = 2;
    */
   etag?: string | undefined;
+
+  /**
+   * Makes the request idempotent (AIP-155): a UUID the caller picks once per
+   * logical request and sends again on every retry of it. A retry returns the
+   * first outcome without applying the change twice; the same id with a
+   * different request is INVALID_ARGUMENT REQUEST_ID_REUSED. Empty: none.
+   *
+   * @generated from field: string request_id = 3;
+   */
+  requestId: string;
 };
 
 /**
@@ -548,6 +578,16 @@ export type CompleteUploadRequest = Message<"imageloc.v1.CompleteUploadRequest">
    * @generated from field: optional string etag = 7;
    */
   etag?: string | undefined;
+
+  /**
+   * Makes the request idempotent (AIP-155): a UUID the caller picks once per
+   * logical request and sends again on every retry of it. A retry returns the
+   * first outcome without applying the change twice; the same id with a
+   * different request is INVALID_ARGUMENT REQUEST_ID_REUSED. Empty: none.
+   *
+   * @generated from field: string request_id = 8;
+   */
+  requestId: string;
 };
 
 /**
@@ -597,6 +637,16 @@ export type FailUploadRequest = Message<"imageloc.v1.FailUploadRequest"> & {
    * @generated from field: optional string etag = 2;
    */
   etag?: string | undefined;
+
+  /**
+   * Makes the request idempotent (AIP-155): a UUID the caller picks once per
+   * logical request and sends again on every retry of it. A retry returns the
+   * first outcome without applying the change twice; the same id with a
+   * different request is INVALID_ARGUMENT REQUEST_ID_REUSED. Empty: none.
+   *
+   * @generated from field: string request_id = 3;
+   */
+  requestId: string;
 };
 
 /**
@@ -646,6 +696,16 @@ export type StageImageRequest = Message<"imageloc.v1.StageImageRequest"> & {
    * @generated from field: optional string etag = 2;
    */
   etag?: string | undefined;
+
+  /**
+   * Makes the request idempotent (AIP-155): a UUID the caller picks once per
+   * logical request and sends again on every retry of it. A retry returns the
+   * first outcome without applying the change twice; the same id with a
+   * different request is INVALID_ARGUMENT REQUEST_ID_REUSED. Empty: none.
+   *
+   * @generated from field: string request_id = 3;
+   */
+  requestId: string;
 };
 
 /**
@@ -695,6 +755,16 @@ export type BeginImportRequest = Message<"imageloc.v1.BeginImportRequest"> & {
    * @generated from field: optional string etag = 2;
    */
   etag?: string | undefined;
+
+  /**
+   * Makes the request idempotent (AIP-155): a UUID the caller picks once per
+   * logical request and sends again on every retry of it. A retry returns the
+   * first outcome without applying the change twice; the same id with a
+   * different request is INVALID_ARGUMENT REQUEST_ID_REUSED. Empty: none.
+   *
+   * @generated from field: string request_id = 3;
+   */
+  requestId: string;
 };
 
 /**
@@ -744,6 +814,16 @@ export type DeactivateImageRequest = Message<"imageloc.v1.DeactivateImageRequest
    * @generated from field: optional string etag = 2;
    */
   etag?: string | undefined;
+
+  /**
+   * Makes the request idempotent (AIP-155): a UUID the caller picks once per
+   * logical request and sends again on every retry of it. A retry returns the
+   * first outcome without applying the change twice; the same id with a
+   * different request is INVALID_ARGUMENT REQUEST_ID_REUSED. Empty: none.
+   *
+   * @generated from field: string request_id = 3;
+   */
+  requestId: string;
 };
 
 /**
@@ -793,6 +873,16 @@ export type ReactivateImageRequest = Message<"imageloc.v1.ReactivateImageRequest
    * @generated from field: optional string etag = 2;
    */
   etag?: string | undefined;
+
+  /**
+   * Makes the request idempotent (AIP-155): a UUID the caller picks once per
+   * logical request and sends again on every retry of it. A retry returns the
+   * first outcome without applying the change twice; the same id with a
+   * different request is INVALID_ARGUMENT REQUEST_ID_REUSED. Empty: none.
+   *
+   * @generated from field: string request_id = 3;
+   */
+  requestId: string;
 };
 
 /**
@@ -863,6 +953,16 @@ export type AddLocationRequest = Message<"imageloc.v1.AddLocationRequest"> & {
    * @generated from field: optional string etag = 5;
    */
   etag?: string | undefined;
+
+  /**
+   * Makes the request idempotent (AIP-155): a UUID the caller picks once per
+   * logical request and sends again on every retry of it. A retry returns the
+   * first outcome without applying the change twice; the same id with a
+   * different request is INVALID_ARGUMENT REQUEST_ID_REUSED. Empty: none.
+   *
+   * @generated from field: string request_id = 6;
+   */
+  requestId: string;
 };
 
 /**
@@ -935,6 +1035,16 @@ export type RemoveLocationRequest = Message<"imageloc.v1.RemoveLocationRequest">
    * @generated from field: optional string etag = 4;
    */
   etag?: string | undefined;
+
+  /**
+   * Makes the request idempotent (AIP-155): a UUID the caller picks once per
+   * logical request and sends again on every retry of it. A retry returns the
+   * first outcome without applying the change twice; the same id with a
+   * different request is INVALID_ARGUMENT REQUEST_ID_REUSED. Empty: none.
+   *
+   * @generated from field: string request_id = 5;
+   */
+  requestId: string;
 };
 
 /**
@@ -998,6 +1108,16 @@ export type ReplaceLocationRequest = Message<"imageloc.v1.ReplaceLocationRequest
    * @generated from field: optional string etag = 4;
    */
   etag?: string | undefined;
+
+  /**
+   * Makes the request idempotent (AIP-155): a UUID the caller picks once per
+   * logical request and sends again on every retry of it. A retry returns the
+   * first outcome without applying the change twice; the same id with a
+   * different request is INVALID_ARGUMENT REQUEST_ID_REUSED. Empty: none.
+   *
+   * @generated from field: string request_id = 5;
+   */
+  requestId: string;
 };
 
 /**

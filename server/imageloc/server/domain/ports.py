@@ -5,6 +5,7 @@ Standard library only.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 from collections.abc import Sequence
 from types import TracebackType
@@ -41,12 +42,45 @@ class ImageRepository(Protocol):
         ...
 
 
+@dataclasses.dataclass(frozen=True)
+class RequestKey:
+    """An idempotent request: the caller's request id and a digest of what it asked."""
+
+    request_id: str
+    fingerprint: str
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordedOutcome:
+    """What an idempotent request did the first time: its digest and the image it answered."""
+
+    fingerprint: str
+    image: Image
+
+
+class RequestLog(Protocol):
+    """The outcomes of idempotent requests, kept so that a retry can be answered again."""
+
+    def find(self, request_id: str) -> RecordedOutcome | None:
+        """The recorded outcome of request_id, or None."""
+        ...
+
+    def record(self, key: RequestKey, image: Image, *, at: datetime.datetime) -> bool:
+        """Record key's outcome in this transaction; False when the id is taken already."""
+        ...
+
+
 class UnitOfWork(Protocol):
     """One transaction: rolled back on exit unless commit() was called."""
 
     @property
     def images(self) -> ImageRepository:
         """The images as this transaction sees them."""
+        ...
+
+    @property
+    def requests(self) -> RequestLog:
+        """The idempotent requests' outcomes as this transaction sees them."""
         ...
 
     def __enter__(self) -> Self: ...

@@ -4,6 +4,7 @@ It implements the domain's ports (imageloc.server.domain.ports) with SQLAlchemy.
 """
 
 from imageloc.server.store.repository import SqlImageRepository
+from imageloc.server.store.schema import SchemaMismatchError
 from imageloc.server.store.unit_of_work import SqlStore, SqlUnitOfWork
 
-__all__ = ["SqlImageRepository", "SqlStore", "SqlUnitOfWork"]
+__all__ = ["SchemaMismatchError", "SqlImageRepository", "SqlStore", "SqlUnitOfWork"]

@@ -9,22 +9,17 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, exc, func, make_url, select
+from sqlalchemy import Connection, Engine, create_engine, event, exc, make_url, select
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
-from sqlmodel import SQLModel
 
 from imageloc.server.domain.ports import StoreUnavailableError
-from imageloc.server.store.tables import image_locations, images
 
 #: Execution option that makes a connection's next transaction take the write lock up front.
 FOR_WRITE_OPTION = "imageloc_for_write"
 
 #: How long a SQLite connection waits for another writer's lock before giving up.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
-
-#: Key of the PostgreSQL advisory lock that serializes concurrent schema creation.
-_SCHEMA_LOCK_KEY = 0x1A6E10C
 
 #: Enough pooled connections for the server's worker threads, each holding one per call.
 _POOL_SIZE: dict[str, Any] = {"pool_size": 10, "max_overflow": 10}
@@ -112,19 +107,6 @@ def connect(engine: Engine, *, for_write: bool) -> Connection:
             connection.close()
             raise
     return connection
-
-
-def create_schema(engine: Engine) -> None:
-    """Create the tables and indexes that are missing; safe when several processes race."""
-    with translated_errors():
-        connection = connect(engine, for_write=True)
-        try:
-            if engine.dialect.name == "postgresql":
-                connection.execute(select(func.pg_advisory_xact_lock(_SCHEMA_LOCK_KEY)))
-            SQLModel.metadata.create_all(connection, tables=[images, image_locations])
-            connection.commit()
-        finally:
-            connection.close()
 
 
 def check_database(engine: Engine) -> None:

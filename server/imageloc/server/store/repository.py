@@ -11,7 +11,6 @@ from typing import Any
 
 from sqlalchemy import (
     Connection,
-    Row,
     and_,
     bindparam,
     delete,
@@ -83,8 +82,8 @@ class SqlImageRepository:
             if row is None:
                 return None
             found = self._connection.execute(_SELECT_LOCATIONS, {"image_id": image_id})
-            locations = tuple(_location(url, metadata) for url, metadata in found)
-        return _image(row, locations)
+            locations = tuple(location_from_row(url, metadata) for url, metadata in found)
+        return image_from_row(row, locations)
 
     def add(self, image: Image) -> bool:
         """Insert a new image and its locations; False when the id is taken."""
@@ -92,7 +91,7 @@ class SqlImageRepository:
             try:
                 # A savepoint, so a refused insert leaves the caller's transaction usable.
                 with self._connection.begin_nested():
-                    self._connection.execute(_INSERT_IMAGE, _image_values(image, with_id=True))
+                    self._connection.execute(_INSERT_IMAGE, image_values(image, with_id=True))
                     self._insert_locations(image.id, image.locations)
             except IntegrityError:
                 if self._connection.execute(_IMAGE_EXISTS, {"image_id": image.id}).scalar():
@@ -107,7 +106,7 @@ class SqlImageRepository:
         statement = (
             update(images)
             .where(images.c.id == old.id, images.c.revision == old.revision)
-            .values(_image_values(new, with_id=False))
+            .values(image_values(new, with_id=False))
         )
         with translated_errors():
             if self._connection.execute(statement).rowcount != 1:
@@ -136,7 +135,7 @@ class SqlImageRepository:
         with translated_errors():
             rows = self._connection.execute(statement).all()
             locations = self._locations_of([row.id for row in rows])
-        return [_image(row, locations.get(row.id, ())) for row in rows]
+        return [image_from_row(row, locations.get(row.id, ())) for row in rows]
 
     def _locations_of(self, image_ids: Sequence[str]) -> dict[str, tuple[Location, ...]]:
         if not image_ids:
@@ -148,7 +147,7 @@ class SqlImageRepository:
         )
         grouped: defaultdict[str, list[Location]] = defaultdict(list)
         for image_id, url, metadata in self._connection.execute(statement):
-            grouped[image_id].append(_location(url, metadata))
+            grouped[image_id].append(location_from_row(url, metadata))
         return {image_id: tuple(found) for image_id, found in grouped.items()}
 
     def _insert_locations(self, image_id: str, locations: Iterable[Location]) -> None:
@@ -157,7 +156,7 @@ class SqlImageRepository:
                 "image_id": image_id,
                 "position": position,
                 "url": location.url,
-                "metadata": _plain(location.metadata),
+                "metadata": plain_json(location.metadata),
             }
             for position, location in enumerate(locations)
         ]
@@ -166,7 +165,7 @@ class SqlImageRepository:
             self._connection.execute(_INSERT_LOCATIONS, rows)
 
 
-def _image_values(image: Image, *, with_id: bool) -> dict[str, Any]:
+def image_values(image: Image, *, with_id: bool) -> dict[str, Any]:
     values: dict[str, Any] = {
         "name": image.name,
         "status": image.status.value,
@@ -188,7 +187,7 @@ def _image_values(image: Image, *, with_id: bool) -> dict[str, Any]:
     return values
 
 
-def _image(row: Row[*tuple[Any, ...]], locations: tuple[Location, ...]) -> Image:
+def image_from_row(row: Any, locations: tuple[Location, ...]) -> Image:
     return Image(
         id=row.id,
         name=row.name,
@@ -209,14 +208,14 @@ def _image(row: Row[*tuple[Any, ...]], locations: tuple[Location, ...]) -> Image
     )
 
 
-def _location(url: str, metadata: Any) -> Location:
+def location_from_row(url: str, metadata: Any) -> Location:
     return Location(url=url, metadata=dict(metadata or {}))
 
 
-def _plain(value: Any) -> Any:
+def plain_json(value: Any) -> Any:
     """value with every mapping made a dict and every sequence a list, as JSON keeps them."""
     if isinstance(value, Mapping):
-        return {str(key): _plain(item) for key, item in value.items()}
+        return {str(key): plain_json(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return [_plain(item) for item in value]
+        return [plain_json(item) for item in value]
     return value

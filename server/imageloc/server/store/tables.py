@@ -104,6 +104,21 @@ class LocationRow(SQLModel, table=True):
     )
 
 
+class RequestRow(SQLModel, table=True):
+    """The first outcome of an idempotent request, kept to answer its retries."""
+
+    __tablename__ = "request_log"
+    __table_args__ = (Index("ix_request_log_created_at", "created_at"),)
+
+    request_id: str = Field(primary_key=True)
+    fingerprint: str
+    image_id: str
+    # The image as the first attempt answered it (see request_log.py for the encoding).
+    outcome: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    created_at: datetime.datetime = Field(sa_column=Column(UtcDateTime(), nullable=False))
+
+
 #: The tables as SQLAlchemy Core sees them; the repository's statements are built on these.
 images: Table = SQLModel.metadata.tables["images"]
 image_locations: Table = SQLModel.metadata.tables["image_locations"]
+request_log: Table = SQLModel.metadata.tables["request_log"]

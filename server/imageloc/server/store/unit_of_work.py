@@ -5,20 +5,22 @@ Imports sqlalchemy, the store's modules, and the domain's ports.
 
 from __future__ import annotations
 
+import datetime
 from types import TracebackType
 from typing import Self
 
 from sqlalchemy import Connection, Engine
 
 from imageloc.server.domain.ports import ImageRepository
+from imageloc.server.store import schema
 from imageloc.server.store.engine import (
     check_database,
     connect,
     create_engine_from_url,
-    create_schema,
     translated_errors,
 )
 from imageloc.server.store.repository import SqlImageRepository
+from imageloc.server.store.request_log import SqlRequestLog
 
 
 class SqlUnitOfWork:
@@ -29,6 +31,7 @@ class SqlUnitOfWork:
     """
 
     images: ImageRepository
+    requests: SqlRequestLog
 
     def __init__(self, engine: Engine, *, for_write: bool) -> None:
         self._engine = engine
@@ -42,6 +45,7 @@ class SqlUnitOfWork:
         self._connection = connect(self._engine, for_write=self._for_write)
         self._committed = False
         self.images = SqlImageRepository(self._connection, lock_rows=self._for_write)
+        self.requests = SqlRequestLog(self._connection)
         return self
 
     def __exit__(
@@ -73,15 +77,37 @@ class SqlStore:
     """The database behind a URL: its engine, its schema and its units of work."""
 
     def __init__(self, url: str) -> None:
+        self.url = url
         self.engine = create_engine_from_url(url)
+
+    @property
+    def is_embedded(self) -> bool:
+        """SQLite: the embedded default, which migrates itself on start."""
+        return self.engine.dialect.name == "sqlite"
 
     def unit_of_work(self, *, for_write: bool) -> SqlUnitOfWork:
         """A new unit of work; pass `store.unit_of_work` where a UnitOfWorkFactory is wanted."""
         return SqlUnitOfWork(self.engine, for_write=for_write)
 
-    def create_schema(self) -> None:
-        """Create the missing tables and indexes."""
-        create_schema(self.engine)
+    def upgrade(self) -> None:
+        """Migrate the schema to this code's newest revision (`imageloc db upgrade`)."""
+        schema.upgrade(self.engine)
+
+    def require_current_schema(self) -> None:
+        """Raise SchemaMismatchError, saying what to run, unless the schema is current."""
+        shown = self.engine.url.render_as_string(hide_password=True)
+        schema.require_head(self.engine, database_url=shown)
+
+    def prune_requests(self, *, before: datetime.datetime) -> int:
+        """Forget idempotent requests' outcomes recorded before `before`."""
+        with self.unit_of_work(for_write=True) as uow:
+            forgotten = uow.requests.prune(before=before)
+            uow.commit()
+        return forgotten
+
+    def schema_revision(self) -> str | None:
+        """The schema revision the database is at; None when never migrated."""
+        return schema.current_revision(self.engine)
 
     def check(self) -> None:
         """Raise StoreUnavailableError unless the database answers."""

@@ -1,0 +1,102 @@
+"""Background upkeep of a running server: health from the store, and forgetting old requests.
+
+Imports grpc health and the domain's ports; app.py starts and stops it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import threading
+from typing import Protocol
+
+from grpc_health.v1 import health, health_pb2
+
+from imageloc.server.domain.ports import StoreUnavailableError
+from imageloc.server.service import utc_now
+
+log = logging.getLogger(__name__)
+
+
+class MaintainedStore(Protocol):
+    """What maintenance needs of the store (SqlStore has it)."""
+
+    def check(self) -> None: ...
+
+    def prune_requests(self, *, before: datetime.datetime) -> int: ...
+
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class Maintenance:
+    """A daemon thread that checks the store every `check_seconds` and reports health.
+
+    Health is SERVING while the store answers and NOT_SERVING while it does not; it comes
+    back by itself when the store does. Every `prune_seconds` it forgets idempotent
+    requests' outcomes older than `retention`.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: MaintainedStore,
+        health_servicer: health.HealthServicer,
+        services: tuple[str, ...],
+        check_seconds: float,
+        prune_seconds: float,
+        retention: datetime.timedelta,
+    ) -> None:
+        self._store = store
+        self._health = health_servicer
+        self._services = services
+        self._check_seconds = check_seconds
+        self._prune_seconds = prune_seconds
+        self._retention = retention
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="imageloc-maintenance", daemon=True)
+        self._serving: bool | None = None
+
+    def start(self) -> None:
+        """Report health now, then keep checking in the background."""
+        self.check_once()
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop checking; returns once the thread has ended."""
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def check_once(self) -> bool:
+        """Ask the store, set health accordingly; whether it answered."""
+        try:
+            self._store.check()
+            serving = True
+        except StoreUnavailableError as error:
+            serving = False
+            if self._serving is not False:
+                log.warning("store unavailable, health NOT_SERVING: %s", error)
+        if serving and self._serving is False:
+            log.info("store reachable again, health SERVING")
+        self._serving = serving
+        for name in self._services:
+            self._health.set(name, SERVING if serving else NOT_SERVING)
+        return serving
+
+    def prune_once(self) -> int:
+        """Forget request outcomes older than the retention; how many were forgotten."""
+        return self._store.prune_requests(before=utc_now() - self._retention)
+
+    def _run(self) -> None:
+        next_prune = 0.0
+        elapsed = 0.0
+        while not self._stopping.wait(self._check_seconds):
+            elapsed += self._check_seconds
+            if self.check_once() and elapsed >= next_prune:
+                next_prune = elapsed + self._prune_seconds
+                try:
+                    self.prune_once()
+                except StoreUnavailableError as error:
+                    log.warning("could not prune the request log: %s", error)
