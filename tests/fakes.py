@@ -72,7 +72,7 @@ class InMemoryStore:
         self.recorded: dict[str, RecordedOutcome] = {}
         self.lock = threading.Lock()
 
-    def unit_of_work(self, *, for_write: bool) -> InMemoryUnitOfWork:
+    def unit_of_work(self, *, for_write: bool, deadline: float | None = None) -> InMemoryUnitOfWork:
         return InMemoryUnitOfWork(self)
 
 

@@ -11,7 +11,8 @@ import pytest
 from imageloc.server.domain.errors import DomainError, Reason
 from imageloc.server.domain.model import Image, ImageStatus, Location
 from imageloc.server.domain.policy import LocationPolicy
-from imageloc.server.service import DeadlineExceededError, ImageService, etag_of
+from imageloc.server.domain.ports import DeadlineExceededError
+from imageloc.server.service import ImageService, etag_of
 
 from fakes import InMemoryImages, InMemoryStore, InMemoryUnitOfWork
 
@@ -43,7 +44,7 @@ class RacingStore(InMemoryStore):
         super().__init__()
         self.interloper: Callable[[Image], Image] | None = interloper
 
-    def unit_of_work(self, *, for_write: bool) -> InMemoryUnitOfWork:
+    def unit_of_work(self, *, for_write: bool, deadline: float | None = None) -> InMemoryUnitOfWork:
         store = self
 
         class Racing(InMemoryUnitOfWork):

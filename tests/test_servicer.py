@@ -93,7 +93,7 @@ class BrokenStore:
     def __init__(self, error: Exception) -> None:
         self.error = error
 
-    def unit_of_work(self, *, for_write: bool) -> Any:
+    def unit_of_work(self, *, for_write: bool, deadline: float | None = None) -> Any:
         raise self.error
 
 

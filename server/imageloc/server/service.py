@@ -28,11 +28,20 @@ from imageloc.server.domain.model import (
     Visibility,
 )
 from imageloc.server.domain.policy import LocationPolicy
-from imageloc.server.domain.ports import ListCursor, RequestKey, UnitOfWork, UnitOfWorkFactory
+from imageloc.server.domain.ports import (
+    DeadlineExceededError,
+    ListCursor,
+    RequestKey,
+    UnitOfWork,
+    UnitOfWorkFactory,
+)
 from imageloc.server.domain.validation import check_validation_data_shape
 
 #: A decision: the image as loaded -> the image to save (the same one for a no-op).
 Decision = Callable[[Image], Image]
+
+#: A deadline further away than this is no deadline.
+NO_DEADLINE_SECONDS = 24 * 3600.0
 
 #: How many times a write lost to a concurrent one is decided again.
 MAX_WRITE_ATTEMPTS = 50
@@ -40,10 +49,6 @@ MAX_WRITE_ATTEMPTS = 50
 
 class ConcurrentUpdateError(Exception):
     """A write kept losing races to other writers; the caller may retry."""
-
-
-class DeadlineExceededError(Exception):
-    """The call's deadline passed before its write could be decided on fresh state."""
 
 
 def utc_now() -> datetime.datetime:
@@ -93,6 +98,8 @@ class ImageService:
         seconds_left bounds it: a write that loses a race is decided again until then.
         request makes a mutation idempotent: a repeat of it answers the first outcome.
         """
+        if seconds_left is not None and seconds_left > NO_DEADLINE_SECONDS:
+            seconds_left = None  # gRPC reports "no deadline" as a huge time remaining
         if seconds_left is None and request is None:
             return self
         if request is not None:
@@ -111,14 +118,14 @@ class ImageService:
     def get_image(self, image_id: str) -> Image:
         """The image, unless unknown, deleted or pending_delete."""
         image_id = inputs.parse_image_id(image_id)
-        with self._uow(for_write=False) as uow:
+        with self._uow(for_write=False, deadline=self._deadline) as uow:
             return _visible(uow.images.get(image_id), image_id)
 
     def list_images(self, *, page_size: int, page_token: str, status: ImageStatus | None) -> Page:
         """A page of images, newest first, with the token of the next page."""
         limit = inputs.page_size(page_size)
         after = _decode_page_token(page_token, status) if page_token else None
-        with self._uow(for_write=False) as uow:
+        with self._uow(for_write=False, deadline=self._deadline) as uow:
             found = list(uow.images.list(limit=limit + 1, after=after, status=status))
         images = found[:limit]
         more = len(found) > limit
@@ -160,7 +167,7 @@ class ImageService:
         )
         for _ in range(MAX_WRITE_ATTEMPTS):
             self._check_deadline(new_id)
-            with self._uow(for_write=True) as uow:
+            with self._uow(for_write=True, deadline=self._deadline) as uow:
                 if (answered := self._answered_before(uow)) is not None:
                     return answered
                 if not uow.images.add(image):
@@ -302,7 +309,7 @@ class ImageService:
         image_id = inputs.parse_image_id(image_id)
         for _ in range(MAX_WRITE_ATTEMPTS):
             self._check_deadline(image_id)
-            with self._uow(for_write=True) as uow:
+            with self._uow(for_write=True, deadline=self._deadline) as uow:
                 if (answered := self._answered_before(uow)) is not None:
                     return answered
                 current = _visible(uow.images.get(image_id), image_id)

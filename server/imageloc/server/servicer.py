@@ -19,7 +19,7 @@ from grpc_status import rpc_status
 
 from imageloc.server import convert
 from imageloc.server.domain.errors import DomainError
-from imageloc.server.domain.ports import RequestKey, StoreUnavailableError
+from imageloc.server.domain.ports import DeadlineExceededError, RequestKey, StoreUnavailableError
 from imageloc.server.rpc_errors import (
     CONCURRENT_UPDATE_REASON,
     DEADLINE_REASON,
@@ -28,7 +28,7 @@ from imageloc.server.rpc_errors import (
     domain_error_status,
     server_status,
 )
-from imageloc.server.service import ConcurrentUpdateError, DeadlineExceededError, ImageService
+from imageloc.server.service import ConcurrentUpdateError, ImageService
 from imageloc.v1 import image_service_pb2 as pb
 from imageloc.v1 import image_service_pb2_grpc as pb_grpc
 

@@ -98,9 +98,17 @@ class UnitOfWork(Protocol):
 
 
 class UnitOfWorkFactory(Protocol):
-    """Opens units of work; `for_write` ones take the write lock up front."""
+    """Opens units of work; `for_write` ones take the write lock up front.
 
-    def __call__(self, *, for_write: bool) -> UnitOfWork: ...
+    deadline (a time.monotonic() value) bounds every wait inside the unit of work; past
+    it, the unit of work ends with DeadlineExceededError and nothing written.
+    """
+
+    def __call__(self, *, for_write: bool, deadline: float | None = None) -> UnitOfWork: ...
+
+
+class DeadlineExceededError(Exception):
+    """The call's deadline passed before its work was done; nothing was written."""
 
 
 class StoreUnavailableError(Exception):

@@ -21,6 +21,10 @@ FOR_WRITE_OPTION = "imageloc_for_write"
 #: How long a SQLite connection waits for another writer's lock before giving up.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
+#: How long to wait for a PostgreSQL connection, or for a free one in the pool.
+CONNECT_TIMEOUT_SECONDS = 3
+POOL_TIMEOUT_SECONDS = 5
+
 #: Enough pooled connections for the server's worker threads, each holding one per call.
 _POOL_SIZE: dict[str, Any] = {"pool_size": 10, "max_overflow": 10}
 
@@ -30,7 +34,14 @@ def create_engine_from_url(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(parsed)
-    return create_engine(parsed, pool_pre_ping=True, **_POOL_SIZE)
+    return create_engine(
+        parsed,
+        pool_pre_ping=True,
+        # Fail fast when the database is away: a call answers UNAVAILABLE within seconds.
+        pool_timeout=POOL_TIMEOUT_SECONDS,
+        connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS},
+        **_POOL_SIZE,
+    )
 
 
 def _is_memory_sqlite(url: URL) -> bool:
@@ -86,8 +97,12 @@ def translated_errors() -> Iterator[None]:
         raise
 
 
-def connect(engine: Engine, *, for_write: bool) -> Connection:
+def connect(engine: Engine, *, for_write: bool, wait_ms: int | None = None) -> Connection:
     """A connection whose transaction has begun.
+
+    wait_ms bounds every wait for a lock (and, on PostgreSQL, every statement) in the
+    transaction: SQLite's busy timeout, PostgreSQL's lock_timeout and statement_timeout.
+    None waits up to SQLITE_BUSY_TIMEOUT_MS on SQLite and has no bound on PostgreSQL.
 
     On SQLite a for_write transaction holds the write lock from its start, and a reader's
     transaction is a snapshot from its first read. PostgreSQL readers get a snapshot too
@@ -95,14 +110,25 @@ def connect(engine: Engine, *, for_write: bool) -> Connection:
     writers stay READ COMMITTED, where SELECT ... FOR UPDATE waits and then sees the
     latest committed row.
     """
+    postgresql = engine.dialect.name == "postgresql"
     with translated_errors():
         connection = engine.connect()
         try:
             if for_write:
                 connection.execution_options(**{FOR_WRITE_OPTION: True})
-            elif engine.dialect.name == "postgresql":
+            elif postgresql:
                 connection.execution_options(isolation_level="REPEATABLE READ")
+            if not postgresql:
+                # Before BEGIN IMMEDIATE, which is what waits; straight on the driver
+                # connection, so that it starts no transaction of its own.
+                busy_ms = SQLITE_BUSY_TIMEOUT_MS if wait_ms is None else wait_ms
+                connection.connection.driver_connection.execute(  # type: ignore[union-attr]
+                    f"PRAGMA busy_timeout = {int(busy_ms)}"
+                )
             connection.begin()
+            if postgresql and wait_ms is not None:
+                for setting in ("lock_timeout", "statement_timeout"):
+                    connection.exec_driver_sql(f"SET LOCAL {setting} = {int(wait_ms)}")
         except BaseException:
             connection.close()
             raise

@@ -6,12 +6,17 @@ Imports sqlalchemy, the store's modules, and the domain's ports.
 from __future__ import annotations
 
 import datetime
+import time
 from types import TracebackType
 from typing import Self
 
 from sqlalchemy import Connection, Engine
 
-from imageloc.server.domain.ports import ImageRepository
+from imageloc.server.domain.ports import (
+    DeadlineExceededError,
+    ImageRepository,
+    StoreUnavailableError,
+)
 from imageloc.server.store import schema
 from imageloc.server.store.engine import (
     check_database,
@@ -21,6 +26,12 @@ from imageloc.server.store.engine import (
 )
 from imageloc.server.store.repository import SqlImageRepository
 from imageloc.server.store.request_log import SqlRequestLog
+
+#: A wait that ended this close to the deadline was cut short by it.
+_DEADLINE_SLACK = 0.05
+
+#: The longest wait either database accepts (a 32-bit count of milliseconds).
+_MAX_WAIT_MS = 2**31 - 1
 
 
 class SqlUnitOfWork:
@@ -33,16 +44,23 @@ class SqlUnitOfWork:
     images: ImageRepository
     requests: SqlRequestLog
 
-    def __init__(self, engine: Engine, *, for_write: bool) -> None:
+    def __init__(self, engine: Engine, *, for_write: bool, deadline: float | None = None) -> None:
         self._engine = engine
         self._for_write = for_write
+        self._deadline = deadline
         self._connection: Connection | None = None
         self._committed = False
 
     def __enter__(self) -> Self:
         if self._connection is not None:
             raise RuntimeError("a unit of work cannot be entered twice")
-        self._connection = connect(self._engine, for_write=self._for_write)
+        try:
+            self._connection = connect(
+                self._engine, for_write=self._for_write, wait_ms=self._wait_ms()
+            )
+        except StoreUnavailableError as error:
+            self._raise_if_past_deadline(error)
+            raise
         self._committed = False
         self.images = SqlImageRepository(self._connection, lock_rows=self._for_write)
         self.requests = SqlRequestLog(self._connection)
@@ -63,6 +81,24 @@ class SqlUnitOfWork:
                     connection.rollback()
         finally:
             connection.close()
+        if isinstance(exc, StoreUnavailableError):
+            # A wait the deadline cut short (lock_timeout, statement_timeout).
+            self._raise_if_past_deadline(exc)
+
+    def _wait_ms(self) -> int | None:
+        """How long this unit of work may wait for a lock, by its deadline."""
+        if self._deadline is None:
+            return None
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise DeadlineExceededError("the call's deadline passed before the store was reached")
+        return max(1, min(int(left * 1000), _MAX_WAIT_MS))
+
+    def _raise_if_past_deadline(self, error: StoreUnavailableError) -> None:
+        if self._deadline is not None and time.monotonic() >= self._deadline - _DEADLINE_SLACK:
+            raise DeadlineExceededError(
+                f"the call's deadline passed while waiting on the store: {error}"
+            ) from error
 
     def commit(self) -> None:
         """Make the transaction's writes durable."""
@@ -85,9 +121,9 @@ class SqlStore:
         """SQLite: the embedded default, which migrates itself on start."""
         return self.engine.dialect.name == "sqlite"
 
-    def unit_of_work(self, *, for_write: bool) -> SqlUnitOfWork:
+    def unit_of_work(self, *, for_write: bool, deadline: float | None = None) -> SqlUnitOfWork:
         """A new unit of work; pass `store.unit_of_work` where a UnitOfWorkFactory is wanted."""
-        return SqlUnitOfWork(self.engine, for_write=for_write)
+        return SqlUnitOfWork(self.engine, for_write=for_write, deadline=deadline)
 
     def upgrade(self) -> None:
         """Migrate the schema to this code's newest revision (`imageloc db upgrade`)."""

@@ -1,0 +1,61 @@
+"""A call whose deadline passes while it waits on the database ends DEADLINE_EXCEEDED, unwritten."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import time
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from sqlalchemy import create_engine, make_url, text
+
+from imageloc.v1 import image_service_pb2 as pb
+from imageloc.v1 import image_service_pb2_grpc as pb_grpc
+
+from support import location, make_image
+
+URL = "https://store.example/late.img"
+
+
+@contextlib.contextmanager
+def image_locked(database_url: str, image_id: str) -> Iterator[None]:
+    """Hold what a writer of image_id must wait for: SQLite's write lock, or the row lock."""
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite":
+        writer = sqlite3.connect(url.database or "", isolation_level=None)
+        writer.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            writer.execute("ROLLBACK")
+            writer.close()
+        return
+    engine = create_engine(url)
+    with engine.connect() as holder:
+        holder.execute(text("SELECT id FROM images WHERE id = :id FOR UPDATE"), {"id": image_id})
+        try:
+            yield
+        finally:
+            holder.rollback()
+    engine.dispose()
+
+
+def test_a_write_stuck_behind_a_lock_ends_at_its_deadline_and_writes_nothing(
+    stub: pb_grpc.ImageServiceStub, database_url: str
+) -> None:
+    image = make_image(stub, "active")
+    request = pb.AddLocationRequest(image_id=image.id, location=location(URL))
+    with image_locked(database_url, image.id):
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.AddLocation(request, timeout=0.5)
+        assert caught.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        assert time.monotonic() - started < 5
+        # The server gave up too: it does not apply the write once the lock is free.
+        time.sleep(0.3)
+    stored = stub.GetImage(pb.GetImageRequest(image_id=image.id), timeout=5).image
+    assert stored == image
+    added = stub.AddLocation(request, timeout=5).image  # and it serves normally again
+    assert [loc.url for loc in added.locations][-1] == URL
