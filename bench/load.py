@@ -1,0 +1,152 @@
+"""The load generator: one process, N calls in flight on a grpc.aio client, for a bounded time.
+
+Run by bench/run.py as a separate process; prints one JSON object of results on stdout.
+Imports only grpc and the generated stubs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from imageloc.v1 import image_service_pb2 as pb
+from imageloc.v1 import image_service_pb2_grpc as pb_grpc
+
+Call = Callable[["pb_grpc.ImageServiceAsyncStub", random.Random], Awaitable[Any]]
+
+URL = "https://store.example/bench/{}.img"
+
+
+def workloads(image_ids: list[str]) -> dict[str, Call]:
+    """Each workload: one logical operation a worker repeats."""
+
+    async def get_image(stub: pb_grpc.ImageServiceAsyncStub, rng: random.Random) -> None:
+        await stub.GetImage(pb.GetImageRequest(image_id=rng.choice(image_ids)))
+
+    async def list_images(stub: pb_grpc.ImageServiceAsyncStub, rng: random.Random) -> None:
+        await stub.ListImages(pb.ListImagesRequest(page_size=100))
+
+    async def add_remove(stub: pb_grpc.ImageServiceAsyncStub, rng: random.Random) -> None:
+        image_id = rng.choice(image_ids)
+        url = URL.format(uuid.uuid4())
+        await stub.AddLocation(
+            pb.AddLocationRequest(
+                image_id=image_id, location=pb.Location(url=url), request_id=str(uuid.uuid4())
+            )
+        )
+        await stub.RemoveLocation(
+            pb.RemoveLocationRequest(image_id=image_id, url=url, request_id=str(uuid.uuid4()))
+        )
+
+    async def replace_reorder(stub: pb_grpc.ImageServiceAsyncStub, rng: random.Random) -> None:
+        image_id = rng.choice(image_ids)
+        image = (await stub.GetImage(pb.GetImageRequest(image_id=image_id))).image
+        reordered = list(image.locations)
+        rng.shuffle(reordered)
+        await stub.ReplaceLocation(
+            pb.ReplaceLocationRequest(
+                image_id=image_id, locations=reordered, request_id=str(uuid.uuid4())
+            )
+        )
+
+    async def mix_90_10(stub: pb_grpc.ImageServiceAsyncStub, rng: random.Random) -> None:
+        if rng.random() < 0.9:
+            await get_image(stub, rng)
+        else:
+            await add_remove(stub, rng)
+
+    return {
+        "GetImage": get_image,
+        "ListImages": list_images,
+        "AddLocation+RemoveLocation": add_remove,
+        "ReplaceLocation": replace_reorder,
+        "mix 90/10": mix_90_10,
+        "empty": get_image,
+    }
+
+
+#: How many RPCs one operation of each workload makes.
+RPCS_PER_OPERATION = {"AddLocation+RemoveLocation": 2, "ReplaceLocation": 2}
+
+
+async def run(
+    *, target: str, workload: str, concurrency: int, seconds: float, channels: int,
+    image_ids: list[str],
+) -> dict[str, Any]:  # fmt: skip
+    call = workloads(image_ids)[workload]
+    opened = [
+        grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+        for _ in range(channels)
+    ]
+    stubs = [pb_grpc.ImageServiceStub(channel) for channel in opened]
+    latencies: list[float] = []
+    errors: Counter[str] = Counter()
+    stop_at = time.monotonic() + seconds
+
+    async def worker(index: int) -> None:
+        rng = random.Random(index)
+        stub = stubs[index % len(stubs)]
+        while time.monotonic() < stop_at:
+            started = time.perf_counter()
+            try:
+                await call(stub, rng)
+            except grpc.aio.AioRpcError as error:
+                errors[error.code().name] += 1
+                continue
+            latencies.append(time.perf_counter() - started)
+
+    began = time.monotonic()
+    await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    elapsed = time.monotonic() - began
+    for channel in opened:
+        await channel.close(None)
+    latencies.sort()
+    done = len(latencies)
+    rpcs = RPCS_PER_OPERATION.get(workload, 1)
+
+    def percentile(q: float) -> float:
+        return 1000 * latencies[min(done - 1, int(q * done))] if done else float("nan")
+
+    return {
+        "workload": workload,
+        "operations": done,
+        "calls_per_s": done * rpcs / elapsed,
+        "operations_per_s": done / elapsed,
+        "p50_ms": percentile(0.50),
+        "p99_ms": percentile(0.99),
+        "errors": dict(errors),
+        "seconds": elapsed,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--target", required=True)
+    parser.add_argument("--workload", required=True)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--channels", type=int, default=4)
+    parser.add_argument("--image-ids", required=True, help="a file with one image id per line")
+    args = parser.parse_args()
+    with open(args.image_ids) as ids:
+        image_ids = [line.strip() for line in ids if line.strip()]
+    result = asyncio.run(
+        run(
+            target=args.target, workload=args.workload, concurrency=args.concurrency,
+            seconds=args.seconds, channels=args.channels, image_ids=image_ids,
+        )
+    )  # fmt: skip
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,288 @@
+"""The benchmark: start the server (or target one), load it from a separate process, print figures.
+
+`python bench/run.py` measures the ceiling (an empty RPC on a bare grpc.aio server, same load
+generator), then each workload against imageloc, and prints calls/s, p50, p99, errors and the
+ratio to the ceiling. `--scale` prints GetImage/ListImages cost as the store grows instead.
+Every load is bounded by --seconds and talks to loopback only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import pathlib
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from imageloc.v1 import image_service_pb2 as pb
+from imageloc.v1 import image_service_pb2_grpc as pb_grpc
+
+HERE = pathlib.Path(__file__).resolve().parent
+IMAGELOC = pathlib.Path(sys.executable).with_name("imageloc")
+WORKLOADS = ["GetImage", "ListImages", "AddLocation+RemoveLocation", "ReplaceLocation", "mix 90/10"]
+SEED_URLS = ("https://store.example/a.img", "rbd://fsid/pool/b/snap", "s3://bucket/c.img")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def rss_mib(pid: int) -> float:
+    """The resident set size of a process, in MiB."""
+    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def wait_healthy(target: str, *, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    with grpc.insecure_channel(target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            try:
+                health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                return
+            except grpc.RpcError:
+                time.sleep(0.1)
+    raise RuntimeError(f"no server answered at {target}")
+
+
+@contextlib.contextmanager
+def processes(commands: list[list[str]], env: dict[str, str]) -> Iterator[list[int]]:
+    """Run commands in the background; SIGTERM (then SIGKILL) them on exit."""
+    started = [subprocess.Popen(c, env=env, stdout=subprocess.DEVNULL) for c in commands]
+    try:
+        yield [p.pid for p in started]
+    finally:
+        for process in started:
+            process.send_signal(signal.SIGTERM)
+        for process in started:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def load(target: str, workload: str, args: argparse.Namespace, ids_file: str) -> dict[str, Any]:
+    """Run the load generator in its own process and return its figures."""
+    command = [
+        sys.executable, str(HERE / "load.py"), "--target", target, "--workload", workload,
+        "--concurrency", str(args.concurrency), "--seconds", str(args.seconds),
+        "--channels", str(args.channels), "--image-ids", ids_file,
+    ]  # fmt: skip
+    done = subprocess.run(
+        command, capture_output=True, text=True, check=True, timeout=args.seconds + 60
+    )
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def seed(target: str, count: int) -> list[str]:
+    """count active images with three locations each, through the API."""
+    ids = []
+    with grpc.insecure_channel(target) as channel:
+        stub = pb_grpc.ImageServiceStub(channel)
+        for i in range(count):
+            image = stub.CreateImage(
+                pb.CreateImageRequest(name=f"bench-{i}", disk_format="raw", container_format="bare")
+            ).image
+            locations = [pb.Location(url=f"{url}?{i}") for url in SEED_URLS]
+            stub.ReplaceLocation(pb.ReplaceLocationRequest(image_id=image.id, locations=locations))
+            ids.append(image.id)
+    return ids
+
+
+def machine() -> str:
+    return (
+        f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}, grpcio {grpc.__version__}"
+    )
+
+
+def throughput(args: argparse.Namespace) -> int:
+    env = dict(os.environ)
+    with tempfile.TemporaryDirectory() as tmp:
+        ids_file = str(pathlib.Path(tmp, "ids"))
+        pathlib.Path(ids_file).write_text(str(uuid.uuid4()) + "\n")
+        ceiling_target = f"127.0.0.1:{free_port()}"
+        with processes(
+            [[sys.executable, str(HERE / "ceiling.py"), "--listen", ceiling_target]], env
+        ):
+            wait_for_port(ceiling_target)
+            ceiling = load(ceiling_target, "empty", args, ids_file)
+        database = args.database or f"sqlite:///{tmp}/bench.db"
+        target = args.target or f"127.0.0.1:{free_port()}"
+        servers: list[list[str]] = (
+            []
+            if args.target
+            else [[str(IMAGELOC), "serve", "--listen", target, "--database", database]]
+            * args.processes
+        )
+        with processes(servers, env) as pids:
+            wait_healthy(target)
+            ids = seed(target, args.images)
+            pathlib.Path(ids_file).write_text("\n".join(ids) + "\n")
+            rss_start = [rss_mib(pid) for pid in pids]
+            results = [load(target, workload, args, ids_file) for workload in args.workloads]
+            rss_end = [rss_mib(pid) for pid in pids]
+    report(args, database, ceiling, results=results, rss_start=rss_start, rss_end=rss_end)
+    errors = sum(sum(r["errors"].values()) for r in results)
+    return 1 if errors else 0
+
+
+def wait_for_port(target: str, seconds: float = 30) -> None:
+    host, port = target.rsplit(":", 1)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((host, int(port)), 1):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on {target}")
+
+
+def report(
+    args: argparse.Namespace, database: str, ceiling: dict[str, Any], *,
+    results: list[dict[str, Any]], rss_start: list[float], rss_end: list[float],
+) -> None:  # fmt: skip
+    store = database.split(":", 1)[0]
+    print(f"# imageloc benchmark, {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC")
+    print(f"machine: {machine()}")
+    print(
+        f"store: {store}; server processes: {args.processes}; calls in flight: "
+        f"{args.concurrency} on {args.channels} channels; {args.seconds:g} s per workload; "
+        f"{args.images} images seeded"
+    )
+    print(f"ceiling (empty RPC, bare grpc.aio server): {ceiling['calls_per_s']:,.0f} calls/s")
+    print()
+    print("| workload | calls/s | ratio to ceiling | p50 ms | p99 ms | errors |")
+    print("|---|---|---|---|---|---|")
+    for r in results:
+        ratio = r["calls_per_s"] / ceiling["calls_per_s"]
+        errors = ", ".join(f"{k} {v}" for k, v in r["errors"].items()) or "0"
+        print(
+            f"| {r['workload']} | {r['calls_per_s']:,.0f} | {ratio:.2f} | {r['p50_ms']:.1f} "
+            f"| {r['p99_ms']:.1f} | {errors} |"
+        )
+    print()
+    shown = ", ".join(f"{a:.0f} -> {b:.0f} MiB" for a, b in zip(rss_start, rss_end, strict=True))
+    print(f"server RSS (start -> end, per process): {shown or 'not measured (--target)'}")
+
+
+def scale(args: argparse.Namespace) -> int:
+    """GetImage and ListImages cost per call as the store grows, seeded straight into SQL."""
+    from imageloc.server.store import SqlStore
+    from imageloc.server.store.tables import image_locations, images
+
+    sizes = [int(size) for size in args.scale.split(",")]
+    with tempfile.TemporaryDirectory() as tmp:
+        database = args.database or f"sqlite:///{tmp}/scale.db"
+        store = SqlStore(database)
+        store.upgrade()
+        target = f"127.0.0.1:{free_port()}"
+        seeded = 0
+        now = datetime.datetime.now(datetime.UTC)
+        print(f"# imageloc scale, {machine()}, store {database.split(':', 1)[0]}")
+        print()
+        print("| images | seed s | GetImage ms/call | ListImages (100) ms/call |")
+        print("|---|---|---|---|")
+        for size in sizes:
+            started = time.monotonic()
+            sample = bulk_seed(store, images, image_locations, start=seeded, stop=size, now=now)
+            seeded = size
+            seed_s = time.monotonic() - started
+            servers = [[str(IMAGELOC), "serve", "--listen", target, "--database", database]]
+            with processes(servers, dict(os.environ)):
+                wait_healthy(target)
+                get_ms, list_ms = per_call(target, sample, calls=args.calls)
+            print(f"| {size:,} | {seed_s:.1f} | {get_ms:.2f} | {list_ms:.2f} |")
+        store.dispose()
+    return 0
+
+
+def bulk_seed(
+    store: Any, images: Any, image_locations: Any, *, start: int, stop: int,
+    now: datetime.datetime,
+) -> list[str]:  # fmt: skip
+    """Insert images start..stop-1 (one location each) in large batches; a sample of ids."""
+    batch = 20_000
+    sample: list[str] = []
+    with store.engine.begin() as connection:
+        for first in range(start, stop, batch):
+            rows, locations = [], []
+            for i in range(first, min(stop, first + batch)):
+                image_id = str(uuid.UUID(int=i + 1))
+                moment = now - datetime.timedelta(microseconds=i)
+                rows.append({
+                    "id": image_id, "name": f"scale-{i}", "status": "active", "size": 1,
+                    "checksum": "", "os_hash_algo": "", "os_hash_value": "", "disk_format": "raw",
+                    "container_format": "bare", "visibility": "private", "owner": "",
+                    "protected": False, "created_at": moment, "updated_at": moment, "revision": 1,
+                })  # fmt: skip
+                locations.append(
+                    {"image_id": image_id, "position": 0, "url": f"{SEED_URLS[0]}?{i}",
+                     "metadata": {}}
+                )  # fmt: skip
+                if i % 997 == 0:
+                    sample.append(image_id)
+            connection.execute(images.insert(), rows)
+            connection.execute(image_locations.insert(), locations)
+    return sample or [str(uuid.UUID(int=start + 1))]
+
+
+def per_call(target: str, sample: list[str], *, calls: int) -> tuple[float, float]:
+    """Mean ms per sequential GetImage and ListImages(page_size=100) call."""
+    with grpc.insecure_channel(target) as channel:
+        stub = pb_grpc.ImageServiceStub(channel)
+        stub.GetImage(pb.GetImageRequest(image_id=sample[0]))  # warm up
+        started = time.perf_counter()
+        for i in range(calls):
+            stub.GetImage(pb.GetImageRequest(image_id=sample[i % len(sample)]))
+        get_ms = 1000 * (time.perf_counter() - started) / calls
+        token = ""
+        started = time.perf_counter()
+        for _ in range(calls):
+            page = stub.ListImages(pb.ListImagesRequest(page_size=100, page_token=token))
+            token = page.next_page_token
+        list_ms = 1000 * (time.perf_counter() - started) / calls
+    return get_ms, list_ms
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--database", help="SQLAlchemy URL (default: a temporary SQLite file)")
+    parser.add_argument("--target", help="load a running server instead of starting one")
+    parser.add_argument("--processes", type=int, default=1, help="server processes")
+    parser.add_argument("--concurrency", type=int, default=64, help="calls in flight")
+    parser.add_argument("--channels", type=int, default=4, help="client connections")
+    parser.add_argument("--seconds", type=float, default=10.0, help="per workload")
+    parser.add_argument("--images", type=int, default=1000, help="images seeded")
+    parser.add_argument("--workloads", nargs="+", default=WORKLOADS, choices=WORKLOADS)
+    parser.add_argument("--fast", action="store_true", help="seconds, to prove it works (CI)")
+    parser.add_argument("--scale", help="comma-separated store sizes, e.g. 1000,1000000")
+    parser.add_argument("--calls", type=int, default=500, help="calls per size with --scale")
+    args = parser.parse_args()
+    if args.fast:
+        args.seconds, args.images, args.calls = 1.0, 20, 20
+    return scale(args) if args.scale else throughput(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

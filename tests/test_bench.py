@@ -1,0 +1,31 @@
+"""The benchmark runs: its fast setting proves the script works. It asserts nothing about speed."""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+
+BENCH = pathlib.Path(__file__).resolve().parents[1] / "bench" / "run.py"
+
+
+def test_the_benchmark_runs_every_workload_and_prints_the_ceiling_ratio() -> None:
+    done = subprocess.run(
+        [sys.executable, str(BENCH), "--fast"], capture_output=True, text=True, timeout=300,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "ceiling (empty RPC, bare grpc.aio server)" in done.stdout
+    for workload in ("GetImage", "ListImages", "AddLocation+RemoveLocation", "ReplaceLocation",
+                     "mix 90/10"):  # fmt: skip
+        assert f"| {workload} |" in done.stdout
+    assert "server RSS" in done.stdout
+
+
+def test_the_scale_table_runs() -> None:
+    done = subprocess.run(
+        [sys.executable, str(BENCH), "--fast", "--scale", "100,1000"], capture_output=True,
+        text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "| 1,000 |" in done.stdout
