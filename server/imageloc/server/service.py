@@ -171,6 +171,10 @@ class ImageService:
                 if (answered := self._answered_before(uow)) is not None:
                     return answered
                 if not uow.images.add(image):
+                    # The id may be taken by a concurrent attempt of this same request,
+                    # whose insert this one waited for.
+                    if (answered := self._answered_before(uow)) is not None:
+                        return answered
                     raise DomainError(
                         Reason.IMAGE_EXISTS,
                         f"Image with identifier {new_id} already exists!",
@@ -310,9 +314,12 @@ class ImageService:
         for _ in range(MAX_WRITE_ATTEMPTS):
             self._check_deadline(image_id)
             with self._uow(for_write=True, deadline=self._deadline) as uow:
+                # The image's row lock first: a concurrent attempt of this same request on
+                # another replica has then committed its outcome, and the log shows it.
+                loaded = uow.images.get(image_id)
                 if (answered := self._answered_before(uow)) is not None:
                     return answered
-                current = _visible(uow.images.get(image_id), image_id)
+                current = _visible(loaded, image_id)
                 if etag is not None and etag != etag_of(current):
                     raise DomainError(
                         Reason.ETAG_MISMATCH,
