@@ -230,3 +230,30 @@ def test_health_serves_and_reflection_lists_the_service(target: str) -> None:
         )
         names = {s.name for reply in replies for s in reply.list_services_response.service}
     assert {"imageloc.v1.ImageService", "grpc.health.v1.Health"} <= names
+
+
+def test_a_page_too_large_for_a_client_is_cut_short_and_continues(
+    stub: pb_grpc.ImageServiceStub,
+) -> None:
+    big = {f"k{k}": "x" * 1900 for k in range(2)}  # near the 4 KiB per-location metadata limit
+    created = []
+    for i in range(90):  # 90 images x 10 locations x ~3.8 KiB: over 3 MiB in one page
+        image = make_image(stub, "queued")
+        stub.ReplaceLocation(
+            pb.ReplaceLocationRequest(
+                image_id=image.id,
+                locations=[location(f"https://s/{i}/{n}", **big) for n in range(10)],
+            )
+        )
+        created.append(image.id)
+    first = stub.ListImages(pb.ListImagesRequest(page_size=1000))
+    assert 0 < len(first.images) < 90
+    assert first.ByteSize() < 4 * 1024 * 1024
+    assert first.next_page_token
+    seen = [i.id for i in first.images]
+    token = first.next_page_token
+    while token:
+        page = stub.ListImages(pb.ListImagesRequest(page_size=1000, page_token=token))
+        seen += [i.id for i in page.images]
+        token = page.next_page_token
+    assert seen == list(reversed(created))

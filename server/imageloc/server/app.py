@@ -20,10 +20,9 @@ from grpc_reflection.v1alpha import reflection
 from imageloc.server.config import Settings
 from imageloc.server.maintenance import Maintenance
 from imageloc.server.service import ImageService
-from imageloc.server.servicer import ImageServicer
+from imageloc.server.servicer import ImageServicer, add_to_server
 from imageloc.server.store import SqlStore
 from imageloc.v1 import image_service_pb2 as pb
-from imageloc.v1 import image_service_pb2_grpc as pb_grpc
 
 log = logging.getLogger("imageloc.server")
 
@@ -33,7 +32,12 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ImageService"].full_name
 #: ping every 30 s (imageloc.client.channel), well above it.
 SERVER_MIN_PING_INTERVAL_MS = 10_000
 
+#: The largest request the server reads. gRPC refuses a larger one itself, before any of
+#: our code runs: RESOURCE_EXHAUSTED without an ErrorInfo.
+MAX_REQUEST_BYTES = 4 * 1024 * 1024
+
 SERVER_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
     ("grpc.keepalive_time_ms", 60_000),
     ("grpc.keepalive_timeout_ms", 20_000),
     ("grpc.keepalive_permit_without_calls", 1),
@@ -85,7 +89,7 @@ def build_server(settings: Settings) -> Server:
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.max_workers), options=SERVER_OPTIONS
     )
-    pb_grpc.add_ImageServiceServicer_to_server(ImageServicer(service), server)
+    add_to_server(ImageServicer(service), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

@@ -129,7 +129,7 @@ class ImageService:
             found = list(uow.images.list(limit=limit + 1, after=after, status=status))
         images = found[:limit]
         more = len(found) > limit
-        token = _encode_page_token(images[-1], status) if more else ""
+        token = page_token_after(images[-1], status) if more else ""
         return Page(images=images, next_page_token=token)
 
     # Creation and deletion
@@ -380,7 +380,8 @@ def _visible(image: Image | None, image_id: str) -> Image:
     return image
 
 
-def _encode_page_token(last: Image, status: ImageStatus | None) -> str:
+def page_token_after(last: Image, status: ImageStatus | None) -> str:
+    """The page_token of the page that starts after `last` in a listing filtered by status."""
     payload = {"c": last.created_at.isoformat(), "i": last.id, "s": status and str(status)}
     return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
 
@@ -391,7 +392,9 @@ def _decode_page_token(token: str, status: ImageStatus | None) -> ListCursor:
         payload = json.loads(raw)
         cursor = (datetime.datetime.fromisoformat(payload["c"]), str(uuid.UUID(payload["i"])))
         token_status = payload["s"]
-    except (binascii.Error, ValueError, KeyError, TypeError):
+        if cursor[0].tzinfo is None:
+            raise ValueError("a cursor time without a time zone")
+    except (binascii.Error, ValueError, KeyError, TypeError, AttributeError, RecursionError):
         raise inputs.invalid_request("page_token", "page_token is malformed") from None
     if token_status != (status and str(status)):
         raise inputs.invalid_request(

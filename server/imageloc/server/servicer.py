@@ -1,25 +1,31 @@
 """imageloc.v1.ImageService over gRPC: request to domain, call the service, domain to response.
 
-Thin by design: no rule lives here. Imports the generated code, the service,
+Thin by design: no rule lives here. It parses request bytes itself, so that an
+unreadable request is refused like any other. Imports the generated code, the service,
 the conversions and the error mapping.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import logging
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterator
 from typing import NoReturn, TypeVar
 
 import grpc
-from google.protobuf.message import Message
+from google.protobuf import struct_pb2
+from google.protobuf.message import DecodeError, Message
 from google.rpc import code_pb2, status_pb2
 from grpc_status import rpc_status
 
 from imageloc.server import convert
+from imageloc.server.domain import inputs
 from imageloc.server.domain.errors import DomainError
 from imageloc.server.domain.ports import DeadlineExceededError, RequestKey, StoreUnavailableError
+from imageloc.server.domain.validation import non_json_metadata, quoted
 from imageloc.server.rpc_errors import (
     CONCURRENT_UPDATE_REASON,
     DEADLINE_REASON,
@@ -28,15 +34,65 @@ from imageloc.server.rpc_errors import (
     domain_error_status,
     server_status,
 )
-from imageloc.server.service import ConcurrentUpdateError, ImageService
+from imageloc.server.service import ConcurrentUpdateError, ImageService, page_token_after
 from imageloc.v1 import image_service_pb2 as pb
 from imageloc.v1 import image_service_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
-Req = TypeVar("Req")
+#: ListImages answers at most this many bytes of images, whatever page_size asked: gRPC
+#: clients refuse responses over 4 MiB by default.
+MAX_LIST_RESPONSE_BYTES = 3 * 1024 * 1024
+
+SERVICE = pb.DESCRIPTOR.services_by_name["ImageService"]
+LOCATION = pb.Location.DESCRIPTOR.full_name
+
+M = TypeVar("M", bound=Message)
+Req = TypeVar("Req", bound=Message)
 Resp = TypeVar("Resp")
 Handler = Callable[["ImageServicer", Req, grpc.ServicerContext], Resp]
+
+
+@dataclasses.dataclass(frozen=True)
+class UnreadableRequest:
+    """Stands in for a request whose bytes do not parse as its message type."""
+
+    message_type: str
+    why: str
+
+
+def request_decoder(message_type: type[M]) -> Callable[[bytes], M | UnreadableRequest]:
+    """A request deserializer that never raises: unparsable bytes become an UnreadableRequest.
+
+    grpcio answers a deserializer's exception itself, with a bare INTERNAL; handing the
+    handler a stand-in lets `refusals` answer INVALID_REQUEST with its ErrorInfo instead.
+    """
+
+    def decode(data: bytes) -> M | UnreadableRequest:
+        try:
+            return message_type.FromString(data)
+        except (DecodeError, RecursionError) as error:
+            return UnreadableRequest(message_type.DESCRIPTOR.full_name, str(error))
+
+    return decode
+
+
+def add_to_server(servicer: ImageServicer, server: grpc.Server) -> None:
+    """Serve servicer's RPCs on server, every request read by request_decoder.
+
+    Otherwise the same as the generated add_ImageServiceServicer_to_server.
+    """
+    handlers = {
+        method.name: grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, method.name),
+            request_deserializer=request_decoder(getattr(pb, method.input_type.name)),
+            response_serializer=getattr(pb, method.output_type.name).SerializeToString,
+        )
+        for method in SERVICE.methods
+    }
+    generic = grpc.method_handlers_generic_handler(SERVICE.full_name, handlers)
+    server.add_generic_rpc_handlers((generic,))
+    server.add_registered_method_handlers(SERVICE.full_name, handlers)  # type: ignore[attr-defined]
 
 
 def abort_with(context: grpc.ServicerContext, status: status_pb2.Status) -> NoReturn:
@@ -48,12 +104,17 @@ def abort_with(context: grpc.ServicerContext, status: status_pb2.Status) -> NoRe
 
 
 def refusals(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
-    """Turn domain and store errors raised by handler into rich gRPC statuses."""
+    """Turn domain and store errors raised by handler into rich gRPC statuses.
+
+    Unreadable requests and requests past the request limits are refused before handler runs.
+    """
 
     @functools.wraps(handler)
-    def wrapped(self: ImageServicer, request: Req, context: grpc.ServicerContext) -> Resp:
+    def wrapped(
+        self: ImageServicer, request: Req | UnreadableRequest, context: grpc.ServicerContext
+    ) -> Resp:
         try:
-            return handler(self, request, context)
+            return handler(self, acceptable(request), context)
         except DomainError as error:
             abort_with(context, domain_error_status(error))
         except StoreUnavailableError as error:
@@ -82,6 +143,53 @@ def refusals(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
             )
 
     return wrapped
+
+
+def acceptable(request: Req | UnreadableRequest) -> Req:
+    """request, unless it is unreadable or past a request limit (a DomainError)."""
+    if isinstance(request, UnreadableRequest):
+        raise inputs.invalid_request(
+            "request",
+            f"The request cannot be parsed as {request.message_type}: {quoted(request.why)}",
+        )
+    texts: dict[str, str] = {}
+    lists: dict[str, int] = {}
+    for field, value in request.ListFields():
+        if field.is_repeated:
+            lists[field.name] = len(value)
+        elif isinstance(value, str):
+            texts[field.name] = value
+    inputs.check_sizes(texts=texts, lists=lists)
+    for name, location in _locations(request):
+        if _holds_non_finite(location.metadata):
+            raise non_json_metadata(f"{name}.metadata", location.url)
+    return request
+
+
+def _locations(request: Message) -> Iterator[tuple[str, pb.Location]]:
+    """The request's Location fields, each with its field path."""
+    for field, value in request.ListFields():
+        if field.message_type is None or field.message_type.full_name != LOCATION:
+            continue
+        if field.is_repeated:
+            yield from ((f"{field.name}[{i}]", location) for i, location in enumerate(value))
+        else:
+            yield field.name, value
+
+
+def _holds_non_finite(struct: struct_pb2.Struct) -> bool:
+    """Whether struct holds NaN or Infinity, which JSON, and so the domain, cannot carry."""
+    pending = list(struct.fields.values())
+    while pending:
+        value = pending.pop()
+        kind = value.WhichOneof("kind")
+        if kind == "number_value" and not math.isfinite(value.number_value):
+            return True
+        if kind == "struct_value":
+            pending.extend(value.struct_value.fields.values())
+        elif kind == "list_value":
+            pending.extend(value.list_value.values)
+    return False
 
 
 def fingerprint(request: Message) -> str:
@@ -139,10 +247,17 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
         page = self._for(context, request).list_images(
             page_size=request.page_size, page_token=request.page_token, status=status
         )
-        return pb.ListImagesResponse(
-            images=[convert.image_to_proto(image) for image in page.images],
-            next_page_token=page.next_page_token,
-        )
+        response = pb.ListImagesResponse(next_page_token=page.next_page_token)
+        size = 0
+        for shown, image in enumerate(page.images):
+            message = convert.image_to_proto(image)
+            size += message.ByteSize() + 8
+            if size > MAX_LIST_RESPONSE_BYTES and shown:
+                # A shorter page, so that every client's default 4 MiB receive limit holds.
+                response.next_page_token = page_token_after(page.images[shown - 1], status)
+                break
+            response.images.append(message)
+        return response
 
     @refusals
     def DeleteImage(

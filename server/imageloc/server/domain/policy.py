@@ -29,6 +29,15 @@ RESTRICTED_SCHEMES = frozenset({"file", "filesystem", "swift+config"})
 
 MAX_URL_LENGTH = 255
 
+#: Location metadata limits. The top-level object is level 1 of the depth; the byte size
+#: is that of the metadata as compact UTF-8 JSON. At 4 KiB a location, an image at the
+#: default quota of 10 stays near 43 KiB, so a default page of ListImages (25 images)
+#: stays well under the 4 MiB a gRPC client accepts by default.
+MAX_METADATA_DEPTH = 8
+MAX_METADATA_BYTES = 4096
+MAX_METADATA_KEY_LENGTH = 255
+MAX_METADATA_VALUE_LENGTH = 2048
+
 
 @dataclasses.dataclass(frozen=True)
 class LocationPolicy:

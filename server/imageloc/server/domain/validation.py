@@ -6,16 +6,28 @@ Standard library only.
 from __future__ import annotations
 
 import hashlib
+import json
 import string
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from imageloc.server.domain.errors import DomainError, Reason
 from imageloc.server.domain.model import Image, ImageStatus, Location, ValidationData
-from imageloc.server.domain.policy import MAX_URL_LENGTH, RESTRICTED_SCHEMES, LocationPolicy
+from imageloc.server.domain.policy import (
+    MAX_METADATA_BYTES,
+    MAX_METADATA_DEPTH,
+    MAX_METADATA_KEY_LENGTH,
+    MAX_METADATA_VALUE_LENGTH,
+    MAX_URL_LENGTH,
+    RESTRICTED_SCHEMES,
+    LocationPolicy,
+)
 
 _HEX = frozenset(string.hexdigits)
+#: The most characters of a caller's value a refusal quotes: refusals travel in
+#: response trailers, which gRPC clients cap at 8 KiB by default.
+_QUOTED_LENGTH = 160
 #: Schemes whose URLs name a host, so a URL without one is meaningless.
 _HOST_SCHEMES = frozenset({"http", "https", "swift+http", "swift+https", "s3+http", "s3+https"})
 
@@ -58,27 +70,77 @@ def url_problem(url: str, policy: LocationPolicy) -> str | None:
     return None
 
 
+def quoted(value: str, limit: int = _QUOTED_LENGTH) -> str:
+    """value as a refusal may quote it: cut to limit characters."""
+    return value if len(value) <= limit else f"{value[:limit]}..."
+
+
 def metadata_problem(metadata: Any, path: str = "metadata") -> str | None:
-    """Why metadata is not a JSON object whose every leaf is a string, or None."""
+    """Why metadata is not a JSON object of string leaves within the limits, or None.
+
+    Limits: MAX_METADATA_DEPTH nested objects and lists (the top-level object is the first),
+    keys of MAX_METADATA_KEY_LENGTH and strings of MAX_METADATA_VALUE_LENGTH characters
+    without NUL, and MAX_METADATA_BYTES of compact UTF-8 JSON in all.
+    """
     if not isinstance(metadata, Mapping):
         return f"{path} must be an object"
-    return _leaf_problem(metadata, path)
+    problem = _value_problem(metadata, path, depth=1)
+    if problem:
+        return problem
+    size = len(json.dumps(metadata, ensure_ascii=False, separators=(",", ":")).encode())
+    if size > MAX_METADATA_BYTES:
+        return f"{path} takes {size} bytes as JSON, more than {MAX_METADATA_BYTES}"
+    return None
 
 
-def _leaf_problem(value: Any, path: str) -> str | None:
+def _value_problem(value: Any, path: str, *, depth: int) -> str | None:
     if isinstance(value, str):
-        return None
-    if isinstance(value, Mapping):
-        children: Sequence[tuple[str, Any]] = [(f"{path}.{k}", v) for k, v in value.items()]
-    elif isinstance(value, list | tuple):
-        children = [(f"{path}[{i}]", v) for i, v in enumerate(value)]
-    else:
+        flaw = _text_flaw(value, MAX_METADATA_VALUE_LENGTH)
+        return f"{path} {flaw}" if flaw else None
+    if not isinstance(value, Mapping | list | tuple):
         return f"{path} has an invalid type of {type(value).__name__}: every leaf must be a string"
+    if depth > MAX_METADATA_DEPTH:
+        return f"{path} is nested deeper than {MAX_METADATA_DEPTH} levels"
+    if isinstance(value, Mapping):
+        problem = next(filter(None, (_key_problem(key, path) for key in value)), None)
+        if problem:
+            return problem
+        children = [(f"{path}.{quoted(key, 32)}", child) for key, child in value.items()]
+    else:
+        children = [(f"{path}[{i}]", child) for i, child in enumerate(value)]
     for child_path, child in children:
-        problem = _leaf_problem(child, child_path)
+        problem = _value_problem(child, child_path, depth=depth + 1)
         if problem:
             return problem
     return None
+
+
+def _key_problem(key: Any, path: str) -> str | None:
+    if not isinstance(key, str):
+        return f"{path} has a key of type {type(key).__name__}: every key must be a string"
+    flaw = _text_flaw(key, MAX_METADATA_KEY_LENGTH)
+    return f"{path} has a key {quoted(key, 32)!r} that {flaw}" if flaw else None
+
+
+def _text_flaw(text: str, limit: int) -> str | None:
+    if len(text) > limit:
+        return f"is longer than {limit} characters"
+    if "\x00" in text:
+        return "contains a NUL character"
+    return None
+
+
+def non_json_metadata(field: str, url: str) -> DomainError:
+    """INVALID_LOCATION for metadata that holds a number JSON cannot: NaN or Infinity.
+
+    Raised before the image is read, so it names neither the image nor its status.
+    """
+    return DomainError(
+        Reason.INVALID_LOCATION,
+        f"Invalid location: {field} holds NaN or Infinity: every leaf must be a string",
+        field=field,
+        metadata={"url": url[:MAX_URL_LENGTH]},
+    )
 
 
 def check_location(image: Image, location: Location, *, field: str, policy: LocationPolicy) -> None:
@@ -149,7 +211,7 @@ def check_hashes(
         raise _malformed(
             image,
             f"{field_prefix}os_hash_algo",
-            f"os_hash_algo must be {policy.hashing_algorithm}, not {algo or None}",
+            f"os_hash_algo must be {policy.hashing_algorithm}, not {quoted(algo) or None}",
         )
     if value:
         size = hashlib.new(policy.hashing_algorithm).digest_size
@@ -168,13 +230,15 @@ def _check_hex(
 ) -> None:
     if not set(value) <= _HEX:
         raise _malformed(
-            image, f"{field_prefix}{name}", f"{name} ({value}) is not a valid hexadecimal value"
+            image,
+            f"{field_prefix}{name}",
+            f"{name} ({quoted(value)}) is not a valid hexadecimal value",
         )
     if len(value) != 2 * size:
         raise _malformed(
             image,
             f"{field_prefix}{name}",
-            f"{name} ({value}) is not the correct size for {algo} (should be {size} bytes)",
+            f"{name} ({quoted(value)}) is not the correct size for {algo} (should be {size} bytes)",
         )
 
 
