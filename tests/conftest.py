@@ -3,59 +3,30 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import pathlib
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
 import pytest
-from sqlalchemy import create_engine, make_url, text
 
 from imageloc.server.app import Server, build_server
 from imageloc.server.config import Settings
 from imageloc.v1 import image_service_pb2_grpc as pb_grpc
 
-from support import migrate
+from support import BACKENDS, fresh_database, migrate
 
 ServerFactory = Callable[..., str]
 
 
-POSTGRES_URL = os.environ.get("IMAGELOC_TEST_POSTGRES_URL", "")
-
-
-@pytest.fixture(
-    params=[
-        "sqlite",
-        pytest.param(
-            "postgresql",
-            marks=[
-                pytest.mark.postgres,
-                pytest.mark.skipif(not POSTGRES_URL, reason="IMAGELOC_TEST_POSTGRES_URL not set"),
-            ],
-        ),
-    ]
-)
+@pytest.fixture(params=BACKENDS)
 def database_url(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Iterator[str]:
     """A URL to an empty database of its own: a SQLite file or a fresh PostgreSQL schema.
 
     Every test that uses it, directly or through a server, runs once per backend.
     """
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'imageloc.db'}"
-        return
-    schema = f"test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(POSTGRES_URL)
-    with admin.begin() as connection:
-        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-    url = make_url(POSTGRES_URL).update_query_dict({"options": f"-csearch_path={schema}"})
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.begin() as connection:
-            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with fresh_database(request.param, tmp_path) as url:
+        yield url
 
 
 @pytest.fixture

@@ -14,33 +14,17 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator, Mapping
-from typing import IO, Any
+from typing import IO
 
 import grpc
-import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from sqlalchemy import create_engine, make_url, text
 
 from support import migrate
 
 IMAGELOC = pathlib.Path(sys.executable).with_name("imageloc")
-POSTGRES_URL = os.environ.get("IMAGELOC_TEST_POSTGRES_URL", "")
 START_SECONDS = 30.0
 STOP_SECONDS = 20.0
-
-#: Parameters of a fixture that runs once per backend, as conftest's `database_url` does.
-BACKENDS: list[Any] = [
-    "sqlite",
-    pytest.param(
-        "postgresql",
-        marks=[
-            pytest.mark.postgres,
-            pytest.mark.skipif(not POSTGRES_URL, reason="IMAGELOC_TEST_POSTGRES_URL not set"),
-        ],
-    ),
-]
 
 
 class ServerProcess:
@@ -143,22 +127,3 @@ def replicas(
     finally:
         statuses = {server.target: server.stop() for server in started}
     assert set(statuses.values()) == {0}, f"replicas did not drain cleanly: {statuses}"
-
-
-@contextlib.contextmanager
-def fresh_database(backend: str, directory: pathlib.Path) -> Iterator[str]:
-    """A URL to an empty database: a SQLite file in directory, or a new PostgreSQL schema."""
-    if backend == "sqlite":
-        yield f"sqlite:///{directory / 'imageloc.db'}"
-        return
-    schema = f"test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(POSTGRES_URL)
-    with admin.begin() as connection:
-        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-    url = make_url(POSTGRES_URL).update_query_dict({"options": f"-csearch_path={schema}"})
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.begin() as connection:
-            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Callable
+import os
+import pathlib
+import uuid
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -11,6 +15,7 @@ import pytest
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
+from sqlalchemy import create_engine, make_url, text
 
 from imageloc.server.store import SqlStore
 from imageloc.v1 import image_service_pb2 as pb
@@ -124,3 +129,37 @@ def migrate(database_url: str) -> None:
         store.upgrade()
     finally:
         store.dispose()
+
+
+POSTGRES_URL = os.environ.get("IMAGELOC_TEST_POSTGRES_URL", "")
+
+#: Parameters of a fixture that runs once per backend, as `database_url` does.
+BACKENDS: list[Any] = [
+    "sqlite",
+    pytest.param(
+        "postgresql",
+        marks=[
+            pytest.mark.postgres,
+            pytest.mark.skipif(not POSTGRES_URL, reason="IMAGELOC_TEST_POSTGRES_URL not set"),
+        ],
+    ),
+]
+
+
+@contextlib.contextmanager
+def fresh_database(backend: str, directory: pathlib.Path) -> Iterator[str]:
+    """A URL to an empty database: a SQLite file in directory, or a new PostgreSQL schema."""
+    if backend == "sqlite":
+        yield f"sqlite:///{directory / 'imageloc.db'}"
+        return
+    schema = f"test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES_URL)
+    with admin.begin() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    url = make_url(POSTGRES_URL).update_query_dict({"options": f"-csearch_path={schema}"})
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as connection:
+            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()

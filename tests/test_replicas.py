@@ -19,8 +19,8 @@ from grpc_status import rpc_status
 from imageloc.v1 import image_service_pb2 as pb
 from imageloc.v1 import image_service_pb2_grpc as pb_grpc
 
-from processes import BACKENDS, ServerProcess, fresh_database, replicas
-from support import location, make_image
+from processes import ServerProcess, replicas
+from support import BACKENDS, fresh_database, location, make_image
 
 ROUNDS = 25
 QUOTA = 5

@@ -1,15 +1,18 @@
-"""SIGTERM drains: the server stops accepting, finishes what it acknowledged, and exits 0."""
+"""SIGTERM drains: the server stops accepting, finishes what it acknowledged, and exits 0.
+
+SQLite only: the test holds the database's write lock to keep a call in flight.
+"""
 
 from __future__ import annotations
 
-import os
+import contextlib
 import pathlib
 import signal
-import socket
+import sqlite3
 import subprocess
-import sys
 import threading
 import time
+from collections.abc import Iterator
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -17,48 +20,93 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from imageloc.v1 import image_service_pb2 as pb
 from imageloc.v1 import image_service_pb2_grpc as pb_grpc
 
+from processes import ServerProcess, start_server
 from support import location, make_image
 
-IMAGELOC = pathlib.Path(sys.executable).with_name("imageloc")
 GRACE_SECONDS = 5
+#: How long after the grace period the process may take to end (interpreter teardown).
+EXIT_MARGIN_SECONDS = 2
+SERVICE_NAME = "imageloc.v1.ImageService"
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+def start(database: pathlib.Path, *, grace: float = GRACE_SECONDS) -> ServerProcess:
+    """`imageloc serve` on the SQLite file database, draining for grace seconds."""
+    return start_server(f"sqlite:///{database}", env={"IMAGELOC_GRACE_SECONDS": str(grace)})
 
 
-def start_server(database: pathlib.Path, port: int) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, IMAGELOC_GRACE_SECONDS=str(GRACE_SECONDS))
-    process = subprocess.Popen(
-        [str(IMAGELOC), "serve", "--listen", f"127.0.0.1:{port}", "--database",
-         f"sqlite:///{database}"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )  # fmt: skip
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
+def stored_image(database: pathlib.Path, image_id: str) -> pb.Image:
+    """The image as a restarted server reads it from database."""
+    restarted = start(database)
+    try:
+        with grpc.insecure_channel(restarted.target) as channel:
+            stub = pb_grpc.ImageServiceStub(channel)
+            return stub.GetImage(pb.GetImageRequest(image_id=image_id), timeout=5).image
+    finally:
+        assert restarted.stop() == 0, restarted.stderr()
+
+
+@contextlib.contextmanager
+def write_lock(database: pathlib.Path) -> Iterator[sqlite3.Connection]:
+    """Hold SQLite's write lock, so every server write waits; rolled back on exit if still held."""
+    holder = sqlite3.connect(database, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        yield holder
+    finally:
+        if holder.in_transaction:
+            holder.execute("ROLLBACK")
+        holder.close()
+
+
+def in_flight_add(
+    stub: pb_grpc.ImageServiceStub, image_id: str, url: str
+) -> grpc.Future[pb.AddLocationResponse]:
+    """Send AddLocation and return once the server has it (it waits for the write lock)."""
+    request = pb.AddLocationRequest(image_id=image_id, location=location(url))
+    call: grpc.Future[pb.AddLocationResponse] = stub.AddLocation.future(request, timeout=60)
+    # A later call on the same connection has been answered, so the server has the first.
+    stub.GetImage(pb.GetImageRequest(image_id=image_id), timeout=5)
+    assert not call.done(), "AddLocation did not wait for the write lock"
+    return call
+
+
+def next_health_change(watch: Iterator[health_pb2.HealthCheckResponse]) -> int:
+    """The first status a health Watch reports other than SERVING (bounded by its deadline)."""
+    for answer in watch:
+        if answer.status != SERVING:
+            status: int = answer.status
+            return status
+    raise AssertionError("the health watch ended without a change")
+
+
+def wait_until_new_calls_are_refused(target: str, image_id: str) -> None:
+    """Return once a call on a fresh channel fails UNAVAILABLE; fails after a bound."""
+    deadline = time.monotonic() + GRACE_SECONDS
+    while time.monotonic() < deadline:
+        with grpc.insecure_channel(target) as channel:
+            stub = pb_grpc.ImageServiceStub(channel)
             try:
-                health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                return process
-            except grpc.RpcError:
-                time.sleep(0.1)
-    process.kill()
-    raise AssertionError("server did not become healthy")
+                stub.GetImage(pb.GetImageRequest(image_id=image_id), timeout=1)
+                code = grpc.StatusCode.OK
+            except grpc.RpcError as error:
+                code = error.code()
+        if code is grpc.StatusCode.UNAVAILABLE:
+            return
+        # A call that reaches the server in the instant its stop begins is cancelled, unrun,
+        # by gRPC itself (grpc/grpc#41785); any other failure is one.
+        assert code in (grpc.StatusCode.OK, grpc.StatusCode.CANCELLED), code
+        time.sleep(0.02)  # answered or cancelled: the listener is not closed yet
+    raise AssertionError("new calls were not refused UNAVAILABLE during the drain")
 
 
 def test_sigterm_finishes_acknowledged_writes_and_exits_cleanly(tmp_path: pathlib.Path) -> None:
     database = tmp_path / "shutdown.db"
-    port = free_port()
-    process = start_server(database, port)
+    server = start(database)
     acknowledged: list[pb.Image] = []
     stop = threading.Event()
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+    with grpc.insecure_channel(server.target) as channel:
         stub = pb_grpc.ImageServiceStub(channel)
         image = make_image(stub, "active")
 
@@ -82,23 +130,13 @@ def test_sigterm_finishes_acknowledged_writes_and_exits_cleanly(tmp_path: pathli
         thread = threading.Thread(target=writer)
         thread.start()
         time.sleep(0.5)
-        process.send_signal(signal.SIGTERM)
+        server.process.send_signal(signal.SIGTERM)
         thread.join(timeout=30)
         stop.set()
-    assert process.wait(timeout=GRACE_SECONDS + 10) == 0
+    assert server.process.wait(timeout=GRACE_SECONDS + 10) == 0
     assert acknowledged, "no write was acknowledged before SIGTERM"
 
-    restarted = start_server(database, port)
-    try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stored = (
-                pb_grpc.ImageServiceStub(channel)
-                .GetImage(pb.GetImageRequest(image_id=image.id))
-                .image
-            )
-    finally:
-        restarted.send_signal(signal.SIGTERM)
-        restarted.wait(timeout=GRACE_SECONDS + 10)
+    stored = stored_image(database, image.id)
     last = acknowledged[-1]
     # The call after the last acknowledged one may have committed as the server
     # stopped; it then added one more location. Nothing acknowledged may be lost.
@@ -106,3 +144,62 @@ def test_sigterm_finishes_acknowledged_writes_and_exits_cleanly(tmp_path: pathli
     last_urls = [loc.url for loc in last.locations]
     assert stored_urls[: len(last_urls)] == last_urls
     assert len(stored_urls) - len(last_urls) in (0, 1)
+
+
+def test_sigterm_lets_the_call_in_flight_finish_while_new_calls_are_refused(
+    tmp_path: pathlib.Path,
+) -> None:
+    database = tmp_path / "drain.db"
+    server = start(database)
+    url = "https://store.example/in-flight.img"
+    try:
+        with grpc.insecure_channel(server.target) as channel:
+            stub = pb_grpc.ImageServiceStub(channel)
+            image = make_image(stub, "active")
+            watch = health_pb2_grpc.HealthStub(channel).Watch(
+                health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=30
+            )
+            with write_lock(database) as holder:
+                call = in_flight_add(stub, image.id, url)
+                signalled = time.monotonic()
+                server.process.send_signal(signal.SIGTERM)
+
+                assert next_health_change(watch) == NOT_SERVING
+                watch.cancel()  # a watch is a call in flight too; it would hold the drain
+                wait_until_new_calls_are_refused(server.target, image.id)
+                assert not call.done()
+                assert server.process.poll() is None, "exited before its call in flight ended"
+                holder.execute("ROLLBACK")
+
+            added = call.result(timeout=GRACE_SECONDS).image
+        assert [loc.url for loc in added.locations][-1] == url
+        status = server.process.wait(timeout=GRACE_SECONDS + EXIT_MARGIN_SECONDS)
+        exited_after = time.monotonic() - signalled
+    finally:
+        server.kill()
+    assert status == 0, server.stderr()
+    assert exited_after < GRACE_SECONDS + EXIT_MARGIN_SECONDS
+    assert stored_image(database, image.id) == added
+
+
+def test_sigterm_exits_within_the_grace_period_when_a_call_in_flight_cannot_finish(
+    tmp_path: pathlib.Path,
+) -> None:
+    database = tmp_path / "stuck.db"
+    grace = 1.0
+    server = start(database, grace=grace)
+    status: int | None = None
+    try:
+        with grpc.insecure_channel(server.target) as channel:
+            stub = pb_grpc.ImageServiceStub(channel)
+            image = make_image(stub, "active")
+            with write_lock(database):
+                in_flight_add(stub, image.id, "https://store.example/stuck.img")
+                signalled = time.monotonic()
+                server.process.send_signal(signal.SIGTERM)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    status = server.process.wait(timeout=grace + EXIT_MARGIN_SECONDS)
+                waited = time.monotonic() - signalled
+    finally:
+        server.kill()
+    assert status == 0, f"still running {waited:.1f}s after SIGTERM with a {grace}s grace period"

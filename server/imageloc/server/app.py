@@ -8,10 +8,13 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import logging
+import os
 import signal
+import sys
 import threading
 from concurrent import futures
 from types import FrameType
+from typing import NoReturn
 
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
@@ -116,8 +119,14 @@ def build_server(settings: Settings) -> Server:
     )
 
 
-def serve(settings: Settings) -> None:
-    """Serve until SIGTERM or SIGINT, then drain in-flight calls and exit."""
+def serve(settings: Settings) -> NoReturn:
+    """Serve until SIGTERM or SIGINT, drain in-flight calls, then end the process (status 0).
+
+    A handler still blocked on the database when the grace period ends must neither keep
+    the process alive nor commit after its caller was told UNAVAILABLE, so the process
+    ends at once, its open transactions rolled back by the database, instead of waiting
+    for the worker threads as a normal interpreter exit would.
+    """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     server = build_server(settings)
     stopping = threading.Event()
@@ -140,6 +149,10 @@ def serve(settings: Settings) -> None:
     stopping.wait()
     server.stop(settings.grace_seconds)
     log.info("imageloc stopped")
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _safe_url(url: str) -> str:

@@ -12,7 +12,7 @@ from typing import Protocol
 
 from grpc_health.v1 import health, health_pb2
 
-from imageloc.server.domain.ports import StoreUnavailableError
+from imageloc.server.domain.ports import DeadlineExceededError, StoreUnavailableError
 from imageloc.server.service import utc_now
 
 log = logging.getLogger(__name__)
@@ -25,6 +25,12 @@ class MaintainedStore(Protocol):
 
     def prune_requests(self, *, before: datetime.datetime) -> int: ...
 
+
+#: A store that has not answered a check within this long counts as unavailable.
+CHECK_TIMEOUT_SECONDS = 3.0
+
+#: How long stop() waits for the thread to notice.
+STOP_WAIT_SECONDS = 0.5
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -57,6 +63,7 @@ class Maintenance:
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="imageloc-maintenance", daemon=True)
         self._serving: bool | None = None
+        self._probe_thread: threading.Thread | None = None
 
     def start(self) -> None:
         """Report health now, then keep checking in the background."""
@@ -64,26 +71,50 @@ class Maintenance:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop checking; returns once the thread has ended."""
+        """Stop checking. Waits briefly: the daemon thread may be stuck on the store (a
+        prune behind a lock, a check on a database that stopped answering), and stopping
+        the server must not wait for that."""
         self._stopping.set()
         if self._thread.is_alive():
-            self._thread.join()
+            self._thread.join(timeout=STOP_WAIT_SECONDS)
 
     def check_once(self) -> bool:
-        """Ask the store, set health accordingly; whether it answered."""
-        try:
-            self._store.check()
-            serving = True
-        except StoreUnavailableError as error:
-            serving = False
-            if self._serving is not False:
-                log.warning("store unavailable, health NOT_SERVING: %s", error)
+        """Ask the store, set health accordingly; whether it answered in time."""
+        problem = self._probe()
+        serving = problem is None
+        if not serving and self._serving is not False:
+            log.warning("store unavailable, health NOT_SERVING: %s", problem)
         if serving and self._serving is False:
             log.info("store reachable again, health SERVING")
         self._serving = serving
         for name in self._services:
             self._health.set(name, SERVING if serving else NOT_SERVING)
         return serving
+
+    def _probe(self) -> str | None:
+        """Why the store is not answering, or None when it answered within the timeout.
+
+        The check runs in a thread of its own: a database that stops answering (the
+        connection open, nothing coming back) would block it with no end. While one probe
+        hangs, no other is started, and the store counts as unavailable.
+        """
+        if self._probe_thread is not None and self._probe_thread.is_alive():
+            return "the previous check has not returned"
+        outcome: list[str | None] = []
+
+        def probe() -> None:
+            try:
+                self._store.check()
+                outcome.append(None)
+            except StoreUnavailableError as error:
+                outcome.append(str(error))
+
+        self._probe_thread = threading.Thread(target=probe, name="imageloc-probe", daemon=True)
+        self._probe_thread.start()
+        self._probe_thread.join(timeout=CHECK_TIMEOUT_SECONDS)
+        if not outcome:
+            return f"no answer within {CHECK_TIMEOUT_SECONDS} s"
+        return outcome[0]
 
     def prune_once(self) -> int:
         """Forget request outcomes older than the retention; how many were forgotten."""
@@ -98,5 +129,5 @@ class Maintenance:
                 next_prune = elapsed + self._prune_seconds
                 try:
                     self.prune_once()
-                except StoreUnavailableError as error:
+                except (StoreUnavailableError, DeadlineExceededError) as error:
                     log.warning("could not prune the request log: %s", error)

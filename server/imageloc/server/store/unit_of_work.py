@@ -135,8 +135,11 @@ class SqlStore:
         schema.require_head(self.engine, database_url=shown)
 
     def prune_requests(self, *, before: datetime.datetime) -> int:
-        """Forget idempotent requests' outcomes recorded before `before`."""
-        with self.unit_of_work(for_write=True) as uow:
+        """Forget idempotent requests' outcomes recorded before `before`.
+
+        Housekeeping never waits long for a lock: the next round will prune instead.
+        """
+        with self.unit_of_work(for_write=True, deadline=time.monotonic() + 5) as uow:
             forgotten = uow.requests.prune(before=before)
             uow.commit()
         return forgotten
