@@ -118,6 +118,7 @@ def machine() -> str:
 
 
 def throughput(args: argparse.Namespace) -> int:
+    args.images = max(args.images, args.concurrency)  # writers each get images of their own
     env = dict(os.environ)
     with tempfile.TemporaryDirectory() as tmp:
         ids_file = str(pathlib.Path(tmp, "ids"))

@@ -46,8 +46,19 @@ _IMAGE_COLUMNS = (
 )
 _METADATA = image_locations.c["metadata"]
 
-_SELECT_IMAGE = select(*_IMAGE_COLUMNS).where(images.c.id == bindparam("image_id"))
-_SELECT_IMAGE_FOR_UPDATE = _SELECT_IMAGE.with_for_update()
+# A reader's image and locations in one statement: one round trip, one snapshot.
+_SELECT_IMAGE_WITH_LOCATIONS = (
+    select(*_IMAGE_COLUMNS, image_locations.c.url, _METADATA)
+    .select_from(images.outerjoin(image_locations, image_locations.c.image_id == images.c.id))
+    .where(images.c.id == bindparam("image_id"))
+    .order_by(image_locations.c.position)
+)
+# A writer locks the image's row first, then reads the locations in a statement of their
+# own: on PostgreSQL a statement that waited for a row lock re-reads only that row, so
+# locations joined into it would come from before the lock and the decision be stale.
+_SELECT_IMAGE_FOR_UPDATE = (
+    select(*_IMAGE_COLUMNS).where(images.c.id == bindparam("image_id")).with_for_update()
+)
 _SELECT_LOCATIONS = (
     select(image_locations.c.url, _METADATA)
     .where(image_locations.c.image_id == bindparam("image_id"))
@@ -76,14 +87,21 @@ class SqlImageRepository:
 
     def get(self, image_id: str) -> Image | None:
         """The image with this id, deleted ones included, or None."""
-        statement = _SELECT_IMAGE_FOR_UPDATE if self._lock_rows else _SELECT_IMAGE
+        parameters = {"image_id": image_id}
         with translated_errors():
-            row = self._connection.execute(statement, {"image_id": image_id}).first()
-            if row is None:
-                return None
-            found = self._connection.execute(_SELECT_LOCATIONS, {"image_id": image_id})
-            locations = tuple(location_from_row(url, metadata) for url, metadata in found)
-        return image_from_row(row, locations)
+            if self._lock_rows:
+                row = self._connection.execute(_SELECT_IMAGE_FOR_UPDATE, parameters).first()
+                if row is None:
+                    return None
+                found = self._connection.execute(_SELECT_LOCATIONS, parameters).all()
+                return image_from_row(row, tuple(location_from_row(*loc) for loc in found))
+            rows = self._connection.execute(_SELECT_IMAGE_WITH_LOCATIONS, parameters).all()
+        if not rows:
+            return None
+        locations = tuple(
+            location_from_row(row.url, row.metadata) for row in rows if row.url is not None
+        )
+        return image_from_row(rows[0], locations)
 
     def add(self, image: Image) -> bool:
         """Insert a new image and its locations; False when the id is taken."""
