@@ -23,7 +23,7 @@ class Settings:
     location_schemes: frozenset[str] = DEFAULT_SCHEMES
     hashing_algorithm: str = "sha512"
     grace_seconds: float = 10.0
-    max_workers: int = 16
+    max_workers: int = 8
     health_check_seconds: float = 2.0
     request_retention_seconds: float = 86_400.0
 

@@ -149,24 +149,26 @@ class SqlImageRepository:
                     and_(images.c.created_at == created_at, images.c.id < image_id),
                 )
             )
-        statement = statement.order_by(images.c.created_at.desc(), images.c.id.desc()).limit(limit)
-        with translated_errors():
-            rows = self._connection.execute(statement).all()
-            locations = self._locations_of([row.id for row in rows])
-        return [image_from_row(row, locations.get(row.id, ())) for row in rows]
-
-    def _locations_of(self, image_ids: Sequence[str]) -> dict[str, tuple[Location, ...]]:
-        if not image_ids:
-            return {}
-        statement = (
-            select(image_locations.c.image_id, image_locations.c.url, _METADATA)
-            .where(image_locations.c.image_id.in_(image_ids))
-            .order_by(image_locations.c.image_id, image_locations.c.position)
+        page = (
+            statement.order_by(images.c.created_at.desc(), images.c.id.desc())
+            .limit(limit)
+            .subquery()
         )
+        # The page and its locations in one statement: one round trip, one snapshot.
+        with_locations = (
+            select(page, image_locations.c.url, _METADATA)
+            .select_from(page.outerjoin(image_locations, image_locations.c.image_id == page.c.id))
+            .order_by(page.c.created_at.desc(), page.c.id.desc(), image_locations.c.position)
+        )
+        with translated_errors():
+            rows = self._connection.execute(with_locations).all()
+        firsts: dict[str, Any] = {}
         grouped: defaultdict[str, list[Location]] = defaultdict(list)
-        for image_id, url, metadata in self._connection.execute(statement):
-            grouped[image_id].append(location_from_row(url, metadata))
-        return {image_id: tuple(found) for image_id, found in grouped.items()}
+        for row in rows:
+            firsts.setdefault(row.id, row)
+            if row.url is not None:
+                grouped[row.id].append(location_from_row(row.url, row.metadata))
+        return [image_from_row(row, tuple(grouped[image_id])) for image_id, row in firsts.items()]
 
     def _insert_locations(self, image_id: str, locations: Iterable[Location]) -> None:
         rows = [
