@@ -26,43 +26,16 @@ from collections.abc import Iterator
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from imageloc.v1 import image_service_pb2 as pb
 from imageloc.v1 import image_service_pb2_grpc as pb_grpc
+
+from harness import free_port, rss_mib, wait_serving
 
 HERE = pathlib.Path(__file__).resolve().parent
 IMAGELOC = pathlib.Path(sys.executable).with_name("imageloc")
 WORKLOADS = ["GetImage", "ListImages", "AddLocation+RemoveLocation", "ReplaceLocation", "mix 90/10"]
 SEED_URLS = ("https://store.example/a.img", "rbd://fsid/pool/b/snap", "s3://bucket/c.img")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def rss_mib(pid: int) -> float:
-    """The resident set size of a process, in MiB."""
-    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def wait_healthy(target: str, *, seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    with grpc.insecure_channel(target) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            try:
-                health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                return
-            except grpc.RpcError:
-                time.sleep(0.1)
-    raise RuntimeError(f"no server answered at {target}")
 
 
 @contextlib.contextmanager
@@ -138,7 +111,7 @@ def throughput(args: argparse.Namespace) -> int:
             * args.processes
         )
         with processes(servers, env) as pids:
-            wait_healthy(target)
+            wait_serving(target)
             ids = seed(target, args.images)
             pathlib.Path(ids_file).write_text("\n".join(ids) + "\n")
             rss_start = [rss_mib(pid) for pid in pids]
@@ -161,7 +134,7 @@ def wait_for_port(target: str, seconds: float = 30) -> None:
 
 def report(
     args: argparse.Namespace, database: str, ceiling: dict[str, Any], *,
-    results: list[dict[str, Any]], rss_start: list[float], rss_end: list[float],
+    results: list[dict[str, Any]], rss_start: list[float | None], rss_end: list[float | None],
 ) -> None:  # fmt: skip
     store = database.split(":", 1)[0]
     print(f"# imageloc benchmark, {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC")
@@ -183,7 +156,10 @@ def report(
             f"| {r['p99_ms']:.1f} | {errors} |"
         )
     print()
-    shown = ", ".join(f"{a:.0f} -> {b:.0f} MiB" for a, b in zip(rss_start, rss_end, strict=True))
+    shown = ", ".join(
+        f"{a or float('nan'):.0f} -> {b or float('nan'):.0f} MiB"
+        for a, b in zip(rss_start, rss_end, strict=True)
+    )
     print(f"server RSS (start -> end, per process): {shown or 'not measured (--target)'}")
 
 
@@ -211,7 +187,7 @@ def scale(args: argparse.Namespace) -> int:
             seed_s = time.monotonic() - started
             servers = [[str(IMAGELOC), "serve", "--listen", target, "--database", database]]
             with processes(servers, dict(os.environ)):
-                wait_healthy(target)
+                wait_serving(target)
                 get_ms, list_ms = per_call(target, sample, calls=args.calls)
             print(f"| {size:,} | {seed_s:.1f} | {get_ms:.2f} | {list_ms:.2f} |")
         store.dispose()

@@ -13,7 +13,6 @@ import dataclasses
 import pathlib
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,11 +24,12 @@ from typing import IO, Any
 
 import grpc
 from google.rpc import error_details_pb2
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 from imageloc.v1 import image_service_pb2 as pb
 from imageloc.v1 import image_service_pb2_grpc as pb_grpc
+
+from harness import START_SECONDS, free_port, rss_mib, wait_serving
 
 IMAGELOC = pathlib.Path(sys.executable).with_name("imageloc")
 
@@ -50,7 +50,6 @@ MD5 = "cd" * 16
 SHA512 = "ab" * 64
 #: How often a removal goes ahead on an image with one location, to be refused LAST_LOCATION.
 LAST_LOCATION_ATTEMPTS = 0.1
-START_SECONDS = 30.0
 STOP_SECONDS = 30.0
 
 
@@ -304,42 +303,8 @@ class Mix:
         )
 
 
-def rss_mib(pid: int | None) -> float | None:
-    """A process's resident set size in MiB, from /proc; None when unknown or gone."""
-    if pid is None:
-        return None
-    with contextlib.suppress(OSError):
-        for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return None
-
-
 def shown(rss: float | None) -> str:
     return "n/a" if rss is None else f"{rss:.1f} MiB"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def wait_serving(target: str, process: subprocess.Popen[bytes] | None) -> None:
-    """Return once health answers SERVING; raise after START_SECONDS or if the server exits."""
-    deadline = time.monotonic() + START_SECONDS
-    with grpc.insecure_channel(target) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if process is not None and process.poll() is not None:
-                break
-            with contextlib.suppress(grpc.RpcError):
-                answer = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if answer.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            time.sleep(0.1)
-    raise RuntimeError(f"no server answered SERVING at {target}")
 
 
 @dataclasses.dataclass

@@ -1,0 +1,52 @@
+"""What the benchmark and the soak share: free ports, waiting for a server, its RSS.
+
+Imports grpc and the health stubs only; bench/run.py and bench/soak.py import it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import pathlib
+import socket
+import subprocess
+import time
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+START_SECONDS = 30.0
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def rss_mib(pid: int | None) -> float | None:
+    """A process's resident set size in MiB, from /proc; None when unknown or gone."""
+    if pid is None:
+        return None
+    with contextlib.suppress(OSError):
+        for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return None
+
+
+def wait_serving(target: str, process: subprocess.Popen[bytes] | None = None) -> None:
+    """Return once health answers SERVING; raise after START_SECONDS or if process exits."""
+    deadline = time.monotonic() + START_SECONDS
+    with grpc.insecure_channel(target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if process is not None and process.poll() is not None:
+                break
+            with contextlib.suppress(grpc.RpcError):
+                answer = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if answer.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            time.sleep(0.1)
+    raise RuntimeError(f"no server answered SERVING at {target}")
