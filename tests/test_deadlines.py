@@ -59,3 +59,21 @@ def test_a_write_stuck_behind_a_lock_ends_at_its_deadline_and_writes_nothing(
     assert stored == image
     added = stub.AddLocation(request, timeout=5).image  # and it serves normally again
     assert [loc.url for loc in added.locations][-1] == URL
+
+
+def test_reads_go_on_while_a_write_waits_for_a_lock_and_the_write_lands_after(
+    stub: pb_grpc.ImageServiceStub, database_url: str
+) -> None:
+    image = make_image(stub, "active")
+    request = pb.AddLocationRequest(image_id=image.id, location=location(URL))
+    with image_locked(database_url, image.id):
+        waiting = stub.AddLocation.future(request, timeout=10)
+        time.sleep(0.2)
+        for _ in range(20):  # the waiting write holds up neither the server nor its reads
+            read = stub.GetImage(pb.GetImageRequest(image_id=image.id), timeout=0.5).image
+            assert read == image
+        assert not waiting.done()
+    added = waiting.result(timeout=10).image
+    assert [loc.url for loc in added.locations][-1] == URL
+    stored = stub.GetImage(pb.GetImageRequest(image_id=image.id), timeout=5).image
+    assert stored == added

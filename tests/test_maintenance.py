@@ -43,7 +43,7 @@ def test_health_is_not_serving_while_the_store_is_down_and_recovers_by_itself() 
     store = SwitchableStore()
     servicer = health.HealthServicer()
     maintenance = Maintenance(
-        store=store, health_servicer=servicer, services=("", "imageloc.v1.ImageService"),
+        store=store, set_health=servicer.set, services=("", "imageloc.v1.ImageService"),
         check_seconds=3600, prune_seconds=3600, retention=datetime.timedelta(days=1),
     )  # fmt: skip
     assert maintenance.check_once()
@@ -69,7 +69,7 @@ def test_outcomes_older_than_the_retention_are_forgotten(database_url: str) -> N
         assert not uow.requests.record(RequestKey(new, "g"), image, at=now)
         uow.commit()
     maintenance = Maintenance(
-        store=store, health_servicer=health.HealthServicer(), services=("",),
+        store=store, set_health=health.HealthServicer().set, services=("",),
         check_seconds=3600, prune_seconds=3600, retention=datetime.timedelta(days=1),
     )  # fmt: skip
     assert maintenance.prune_once() == 1

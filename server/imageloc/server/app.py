@@ -12,19 +12,22 @@ import os
 import signal
 import sys
 import threading
-from concurrent import futures
 from types import FrameType
 from typing import NoReturn
 
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from imageloc.server.config import Settings
+from imageloc.server.event_loop import LoopThread
 from imageloc.server.maintenance import Maintenance
 from imageloc.server.service import ImageService
 from imageloc.server.servicer import ImageServicer, add_to_server
-from imageloc.server.store import SqlStore
+from imageloc.server.store import SqlStore, is_embedded
+from imageloc.server.store.engine import SQLITE_BUSY_TIMEOUT_MS
+from imageloc.server.store_calls import InlineCalls, StoreCalls, ThreadedCalls
 from imageloc.v1 import image_service_pb2 as pb
 
 log = logging.getLogger("imageloc.server")
@@ -52,30 +55,41 @@ SERVER_OPTIONS: list[tuple[str, int]] = [
 
 @dataclasses.dataclass
 class Server:
-    """A built server and what it owns; `stop` releases all of it."""
+    """A built server and what it owns; `stop` releases all of it.
 
-    grpc_server: grpc.Server
+    The gRPC server is a grpc.aio one, running on an event loop thread of its own.
+    """
+
+    grpc_server: grpc.aio.Server
     port: int
     store: SqlStore
-    health: health.HealthServicer
+    health: HealthServicer
     maintenance: Maintenance
+    loop: LoopThread
+    calls: StoreCalls
 
     def start(self) -> None:
         """Accept calls; health follows the store from now on."""
-        self.grpc_server.start()
+        self.loop.run(self.grpc_server.start())
         self.maintenance.start()
 
     def stop(self, grace: float | None) -> None:
         """Refuse new calls, let in-flight ones finish within grace seconds, close the store."""
-        self.health.enter_graceful_shutdown()
+        self.loop.run(self.health.enter_graceful_shutdown())
         self.maintenance.stop()
-        self.grpc_server.stop(grace).wait()
+        self.loop.run(self.grpc_server.stop(grace))
+        self.calls.close()
         self.store.dispose()
+        self.loop.close()
 
 
 def build_server(settings: Settings) -> Server:
-    """A server bound to settings.listen (port 0 picks a free one), not yet started."""
-    store = SqlStore(settings.database_url)
+    """A server bound to settings.listen (port 0 picks a free one), not yet started.
+
+    On SQLite every call runs on the event loop (InlineCalls): the store never blocks it,
+    a writer's lock is waited for by retrying. On PostgreSQL calls run on max_workers threads.
+    """
+    store = SqlStore(settings.database_url, wait_for_locks=not is_embedded(settings.database_url))
     try:
         if store.is_embedded:
             store.upgrade()
@@ -89,22 +103,22 @@ def build_server(settings: Settings) -> Server:
         policy=settings.location_policy,
         delayed_delete=settings.delayed_delete,
     )
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=settings.max_workers), options=SERVER_OPTIONS
+    calls: StoreCalls = (
+        InlineCalls(max_wait_seconds=SQLITE_BUSY_TIMEOUT_MS / 1000)
+        if store.is_embedded
+        else ThreadedCalls(workers=settings.max_workers)
     )
-    add_to_server(ImageServicer(service), server)
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
-    port = server.add_insecure_port(settings.listen)
-    if port == 0:
+    loop = LoopThread("imageloc-server")
+    try:
+        server, health_servicer, port = loop.run(_grpc_server(settings, service, calls))
+    except BaseException:
+        loop.close()
+        calls.close()
         store.dispose()
-        raise OSError(f"cannot listen on {settings.listen}")
+        raise
     maintenance = Maintenance(
         store=store,
-        health_servicer=health_servicer,
+        set_health=lambda name, status: loop.submit(health_servicer.set(name, status)),
         services=("", SERVICE_NAME),
         check_seconds=settings.health_check_seconds,
         prune_seconds=3600.0,
@@ -116,7 +130,26 @@ def build_server(settings: Settings) -> Server:
         store=store,
         health=health_servicer,
         maintenance=maintenance,
+        loop=loop,
+        calls=calls,
     )
+
+
+async def _grpc_server(
+    settings: Settings, service: ImageService, calls: StoreCalls
+) -> tuple[grpc.aio.Server, HealthServicer, int]:
+    """The grpc.aio server, built on the loop that will run it."""
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    add_to_server(ImageServicer(service), server, calls)
+    health_servicer = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    port = server.add_insecure_port(settings.listen)
+    if port == 0:
+        raise OSError(f"cannot listen on {settings.listen}")
+    return server, health_servicer, port
 
 
 def serve(settings: Settings) -> NoReturn:

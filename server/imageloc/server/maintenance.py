@@ -1,6 +1,7 @@
 """Background upkeep of a running server: health from the store, and forgetting old requests.
 
-Imports grpc health and the domain's ports; app.py starts and stops it.
+Imports grpc health's messages and the domain's ports; app.py starts and stops it, and
+says how to set health (on the server's event loop).
 """
 
 from __future__ import annotations
@@ -8,9 +9,10 @@ from __future__ import annotations
 import datetime
 import logging
 import threading
+from collections.abc import Callable
 from typing import Protocol
 
-from grpc_health.v1 import health, health_pb2
+from grpc_health.v1 import health_pb2
 
 from imageloc.server.domain.ports import DeadlineExceededError, StoreUnavailableError
 from imageloc.server.service import utc_now
@@ -35,6 +37,9 @@ STOP_WAIT_SECONDS = 0.5
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
+#: A grpc.health.v1 serving status (SERVING, NOT_SERVING).
+ServingStatus = int
+
 
 class Maintenance:
     """A daemon thread that checks the store every `check_seconds` and reports health.
@@ -48,14 +53,14 @@ class Maintenance:
         self,
         *,
         store: MaintainedStore,
-        health_servicer: health.HealthServicer,
+        set_health: Callable[[str, ServingStatus], object],
         services: tuple[str, ...],
         check_seconds: float,
         prune_seconds: float,
         retention: datetime.timedelta,
     ) -> None:
         self._store = store
-        self._health = health_servicer
+        self._set_health = set_health
         self._services = services
         self._check_seconds = check_seconds
         self._prune_seconds = prune_seconds
@@ -88,7 +93,7 @@ class Maintenance:
             log.info("store reachable again, health SERVING")
         self._serving = serving
         for name in self._services:
-            self._health.set(name, SERVING if serving else NOT_SERVING)
+            self._set_health(name, SERVING if serving else NOT_SERVING)
         return serving
 
     def _probe(self) -> str | None:

@@ -1,16 +1,19 @@
 """imageloc.v1.ImageService over gRPC: request to domain, call the service, domain to response.
 
 Thin by design: no rule lives here; request_guard parses and bounds the request first,
-so that an unreadable request is refused like any other. Imports the generated code, the service,
-the conversions and the error mapping.
+so that an unreadable request is refused like any other. The handlers are plain functions
+(grpcio-testing drives them as they are); add_to_server serves them on grpc.aio, their
+store work run by StoreCalls. Imports the generated code, the service, the conversions and
+the error mapping.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
-from collections.abc import Callable
-from typing import NoReturn, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -35,6 +38,7 @@ from imageloc.server.rpc_errors import (
     server_status,
 )
 from imageloc.server.service import ConcurrentUpdateError, ImageService, page_token_after
+from imageloc.server.store_calls import StoreCalls
 from imageloc.v1 import image_service_pb2 as pb
 from imageloc.v1 import image_service_pb2_grpc as pb_grpc
 
@@ -51,14 +55,15 @@ Resp = TypeVar("Resp")
 Handler = Callable[["ImageServicer", Req, grpc.ServicerContext], Resp]
 
 
-def add_to_server(servicer: ImageServicer, server: grpc.Server) -> None:
-    """Serve servicer's RPCs on server, every request read by request_decoder.
+def add_to_server(servicer: ImageServicer, server: grpc.aio.Server, calls: StoreCalls) -> None:
+    """Serve servicer's RPCs on an asyncio server, the store work of each run by calls.
 
-    Otherwise the same as the generated add_ImageServiceServicer_to_server.
+    Every request is read by request_decoder; otherwise the same as the generated
+    add_ImageServiceServicer_to_server.
     """
     handlers = {
         method.name: grpc.unary_unary_rpc_method_handler(
-            getattr(servicer, method.name),
+            _asynchronous(servicer, method.name, calls),
             request_deserializer=request_decoder(getattr(pb, method.input_type.name)),
             response_serializer=getattr(pb, method.output_type.name).SerializeToString,
         )
@@ -69,6 +74,27 @@ def add_to_server(servicer: ImageServicer, server: grpc.Server) -> None:
     server.add_registered_method_handlers(SERVICE.full_name, handlers)  # type: ignore[attr-defined]
 
 
+def _asynchronous(
+    servicer: ImageServicer, name: str, calls: StoreCalls
+) -> Callable[[Message | UnreadableRequest, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]:
+    """servicer's handler `name` as a coroutine: its refusals become rich statuses."""
+    handler = inspect.unwrap(getattr(type(servicer), name))
+
+    async def handle(
+        request: Message | UnreadableRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Any:
+        try:
+            readable = acceptable(request)
+            return await calls.run(lambda: handler(servicer, readable, context))
+        except Exception as error:  # refusal_status logs what is a bug
+            status = refusal_status(error, name)
+        rich = rpc_status.to_status(status)
+        await context.abort(rich.code, rich.details, rich.trailing_metadata)
+
+    handle.__name__ = name
+    return handle
+
+
 def abort_with(context: grpc.ServicerContext, status: status_pb2.Status) -> NoReturn:
     """End the call with status, its details in grpc-status-details-bin."""
     rich = rpc_status.to_status(status)
@@ -77,10 +103,29 @@ def abort_with(context: grpc.ServicerContext, status: status_pb2.Status) -> NoRe
     raise AssertionError("context.abort returned")  # pragma: no cover
 
 
-def refusals(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
-    """Turn domain and store errors raised by handler into rich gRPC statuses.
+def refusal_status(error: Exception, method: str) -> status_pb2.Status:
+    """The status that answers a handler's error: a refusal, or INTERNAL for a bug."""
+    if isinstance(error, DomainError):
+        return domain_error_status(error)
+    if isinstance(error, StoreUnavailableError):
+        log.warning("store unavailable: %s", error)
+        return server_status(
+            code_pb2.UNAVAILABLE, UNAVAILABLE_REASON, "The image store is unavailable.", 503
+        )
+    if isinstance(error, DeadlineExceededError):
+        return server_status(code_pb2.DEADLINE_EXCEEDED, DEADLINE_REASON, str(error), 504)
+    if isinstance(error, ConcurrentUpdateError):
+        return server_status(code_pb2.ABORTED, CONCURRENT_UPDATE_REASON, str(error), 409)
+    # A bug, not a refusal: log it whole, and still answer with an ErrorInfo.
+    log.error("unexpected error in %s", method, exc_info=error)
+    return server_status(code_pb2.INTERNAL, INTERNAL_REASON, "Internal server error.", 500)
 
-    Unreadable requests and requests past the request limits are refused before handler runs.
+
+def refusals(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
+    """handler for a synchronous context (grpcio-testing): its errors end the call.
+
+    Unreadable requests and requests past the request limits are refused before handler
+    runs. The asyncio server unwraps this and does the same with `_asynchronous`.
     """
 
     @functools.wraps(handler)
@@ -89,32 +134,8 @@ def refusals(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
     ) -> Resp:
         try:
             return handler(self, acceptable(request), context)
-        except DomainError as error:
-            abort_with(context, domain_error_status(error))
-        except StoreUnavailableError as error:
-            log.warning("store unavailable: %s", error)
-            abort_with(
-                context,
-                server_status(
-                    code_pb2.UNAVAILABLE, UNAVAILABLE_REASON, "The image store is unavailable.", 503
-                ),
-            )
-        except DeadlineExceededError as error:
-            abort_with(
-                context,
-                server_status(code_pb2.DEADLINE_EXCEEDED, DEADLINE_REASON, str(error), 504),
-            )
-        except ConcurrentUpdateError as error:
-            abort_with(
-                context, server_status(code_pb2.ABORTED, CONCURRENT_UPDATE_REASON, str(error), 409)
-            )
-        except Exception:
-            # A bug, not a refusal: log it whole, and still answer with an ErrorInfo.
-            log.exception("unexpected error in %s", handler.__name__)
-            abort_with(
-                context,
-                server_status(code_pb2.INTERNAL, INTERNAL_REASON, "Internal server error.", 500),
-            )
+        except Exception as error:  # refusal_status logs what is a bug
+            abort_with(context, refusal_status(error, handler.__name__))
 
     return wrapped
 

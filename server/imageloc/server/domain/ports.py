@@ -113,3 +113,10 @@ class DeadlineExceededError(Exception):
 
 class StoreUnavailableError(Exception):
     """The database cannot be reached or refused to work; the call may be retried."""
+
+
+class StoreBusyError(StoreUnavailableError):
+    """Another writer holds the store's lock right now; the call may try again shortly.
+
+    Raised at once, instead of waiting, by a store told not to wait for locks.
+    """

@@ -6,6 +6,7 @@ Imports sqlalchemy, sqlmodel, the store's tables and the domain's StoreUnavailab
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,7 +14,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, exc, make_url, 
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 
-from imageloc.server.domain.ports import StoreUnavailableError
+from imageloc.server.domain.ports import StoreBusyError, StoreUnavailableError
 
 #: Execution option that makes a connection's next transaction take the write lock up front.
 FOR_WRITE_OPTION = "imageloc_for_write"
@@ -27,6 +28,11 @@ POOL_TIMEOUT_SECONDS = 5
 
 #: Enough pooled connections for the server's worker threads, each holding one per call.
 _POOL_SIZE: dict[str, Any] = {"pool_size": 10, "max_overflow": 10}
+
+
+def is_embedded(url: str) -> bool:
+    """Whether url names SQLite, the embedded store (file or in-memory)."""
+    return make_url(url).get_backend_name() == "sqlite"
 
 
 def create_engine_from_url(url: str) -> Engine:
@@ -84,12 +90,17 @@ def _sqlite_engine(url: URL) -> Engine:
     return engine
 
 
+_SQLITE_BUSY_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
 @contextlib.contextmanager
 def translated_errors() -> Iterator[None]:
     """Raise StoreUnavailableError for failures a retry may cure: lost connection, lock, timeout."""
     try:
         yield
     except (exc.OperationalError, exc.InterfaceError, exc.TimeoutError) as error:
+        if getattr(getattr(error, "orig", None), "sqlite_errorcode", None) in _SQLITE_BUSY_CODES:
+            raise StoreBusyError(str(error).splitlines()[0]) from error
         raise StoreUnavailableError(str(error).splitlines()[0]) from error
     except exc.DBAPIError as error:
         if error.connection_invalidated:
@@ -102,7 +113,8 @@ def connect(engine: Engine, *, for_write: bool, wait_ms: int | None = None) -> C
 
     wait_ms bounds every wait for a lock (and, on PostgreSQL, every statement) in the
     transaction: SQLite's busy timeout, PostgreSQL's lock_timeout and statement_timeout.
-    None waits up to SQLITE_BUSY_TIMEOUT_MS on SQLite and has no bound on PostgreSQL.
+    None waits up to SQLITE_BUSY_TIMEOUT_MS on SQLite and has no bound on PostgreSQL;
+    0 makes SQLite answer StoreBusyError at once rather than wait for another writer.
 
     On SQLite a for_write transaction holds the write lock from its start, and a reader's
     transaction is a snapshot from its first read. PostgreSQL readers get a snapshot too

@@ -44,10 +44,18 @@ class SqlUnitOfWork:
     images: ImageRepository
     requests: SqlRequestLog
 
-    def __init__(self, engine: Engine, *, for_write: bool, deadline: float | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        for_write: bool,
+        deadline: float | None = None,
+        wait_for_locks: bool = True,
+    ) -> None:
         self._engine = engine
         self._for_write = for_write
         self._deadline = deadline
+        self._wait_for_locks = wait_for_locks
         self._connection: Connection | None = None
         self._committed = False
 
@@ -88,10 +96,12 @@ class SqlUnitOfWork:
     def _wait_ms(self) -> int | None:
         """How long this unit of work may wait for a lock, by its deadline."""
         if self._deadline is None:
-            return None
+            return None if self._wait_for_locks else 0
         left = self._deadline - time.monotonic()
         if left <= 0:
             raise DeadlineExceededError("the call's deadline passed before the store was reached")
+        if not self._wait_for_locks:
+            return 0
         return max(1, min(int(left * 1000), _MAX_WAIT_MS))
 
     def _raise_if_past_deadline(self, error: StoreUnavailableError) -> None:
@@ -110,11 +120,20 @@ class SqlUnitOfWork:
 
 
 class SqlStore:
-    """The database behind a URL: its engine, its schema and its units of work."""
+    """The database behind a URL: its engine, its schema and its units of work.
 
-    def __init__(self, url: str) -> None:
+    With wait_for_locks=False (SQLite only), a unit of work that finds another writer
+    holding the lock raises StoreBusyError at once instead of blocking its thread: the
+    caller, an event loop, waits without blocking and tries again.
+    """
+
+    def __init__(self, url: str, *, wait_for_locks: bool = True) -> None:
         self.url = url
         self.engine = create_engine_from_url(url)
+        if not wait_for_locks and not self.is_embedded:
+            self.engine.dispose()
+            raise ValueError("only SQLite can answer StoreBusyError instead of waiting")
+        self.wait_for_locks = wait_for_locks
 
     @property
     def is_embedded(self) -> bool:
@@ -123,7 +142,9 @@ class SqlStore:
 
     def unit_of_work(self, *, for_write: bool, deadline: float | None = None) -> SqlUnitOfWork:
         """A new unit of work; pass `store.unit_of_work` where a UnitOfWorkFactory is wanted."""
-        return SqlUnitOfWork(self.engine, for_write=for_write, deadline=deadline)
+        return SqlUnitOfWork(
+            self.engine, for_write=for_write, deadline=deadline, wait_for_locks=self.wait_for_locks
+        )
 
     def upgrade(self) -> None:
         """Migrate the schema to this code's newest revision (`imageloc db upgrade`)."""
@@ -139,7 +160,9 @@ class SqlStore:
 
         Housekeeping never waits long for a lock: the next round will prune instead.
         """
-        with self.unit_of_work(for_write=True, deadline=time.monotonic() + 5) as uow:
+        # Off the event loop, in the maintenance thread: it may wait for the lock.
+        deadline = time.monotonic() + 5
+        with SqlUnitOfWork(self.engine, for_write=True, deadline=deadline) as uow:
             forgotten = uow.requests.prune(before=before)
             uow.commit()
         return forgotten

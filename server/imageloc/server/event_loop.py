@@ -1,0 +1,42 @@
+"""An asyncio event loop on a thread of its own, driven from plain blocking code.
+
+The server runs on grpc.aio; this lets `imageloc serve`, the tests and the benchmark
+start and stop it like any object. Standard library only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class LoopThread:
+    """A running event loop on a daemon thread until close()."""
+
+    def __init__(self, name: str) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name=name, daemon=True)
+        self._thread.start()
+
+    def run(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run coroutine on the loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
+
+    def submit(self, coroutine: Coroutine[Any, Any, Any]) -> None:
+        """Run coroutine on the loop without waiting; dropped once the loop is closed."""
+        try:
+            asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        except RuntimeError:  # the loop is closed: nobody is left to tell
+            coroutine.close()
+
+    def close(self) -> None:
+        """Stop the loop and wait for its thread."""
+        if self._loop.is_closed():
+            return
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()

@@ -1,0 +1,76 @@
+"""How the asyncio server runs a handler's store work: inline on the loop, or on threads.
+
+SQLite answers in microseconds, so its calls run on the event loop itself, with no thread
+hand-off; a lock held by another writer is waited for with asyncio.sleep, never by
+blocking the loop. PostgreSQL calls wait on the network, so they run in a thread pool.
+Imports asyncio and the domain's ports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent import futures
+from typing import Protocol, TypeVar
+
+from imageloc.server.domain.ports import StoreBusyError
+
+T = TypeVar("T")
+
+#: The first pause before trying a busy store again, and the longest one.
+FIRST_RETRY_SECONDS = 0.0005
+MAX_RETRY_SECONDS = 0.02
+
+
+class StoreCalls(Protocol):
+    """Runs blocking store work for a coroutine."""
+
+    async def run(self, call: Callable[[], T]) -> T:
+        """call's result (or its exception), without blocking the event loop for long."""
+        ...
+
+    def close(self) -> None:
+        """Release threads; calls still running are abandoned."""
+        ...
+
+
+class InlineCalls:
+    """Runs each call on the event loop; a StoreBusyError is tried again after a pause.
+
+    The call itself ends with DeadlineExceededError once its deadline passes; without a
+    deadline, a store busy for longer than max_wait_seconds answers StoreBusyError.
+    """
+
+    def __init__(self, *, max_wait_seconds: float) -> None:
+        self._max_wait = max_wait_seconds
+
+    async def run(self, call: Callable[[], T]) -> T:
+        pause = FIRST_RETRY_SECONDS
+        give_up = time.monotonic() + self._max_wait
+        while True:
+            try:
+                return call()
+            except StoreBusyError:
+                if time.monotonic() + pause > give_up:
+                    raise
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, MAX_RETRY_SECONDS)
+
+    def close(self) -> None:
+        pass
+
+
+class ThreadedCalls:
+    """Runs each call on one of `workers` threads, where it may block on the database."""
+
+    def __init__(self, *, workers: int) -> None:
+        self._pool = futures.ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix="imageloc-store"
+        )
+
+    async def run(self, call: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, call)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
