@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy.exc import StatementError
 
 from imageloc.server.domain.model import Image, ImageStatus, Location, Visibility
 from imageloc.server.domain.ports import StoreUnavailableError, UnitOfWorkFactory
@@ -126,7 +125,7 @@ def test_datetimes_come_back_tz_aware_utc_with_microseconds(store: SqlStore) -> 
 
 def test_naive_datetime_is_refused(store: SqlStore) -> None:
     image = make_image(created_at=datetime.datetime(2024, 5, 1))
-    with store.unit_of_work(for_write=True) as uow, pytest.raises(StatementError, match="naive"):
+    with store.unit_of_work(for_write=True) as uow, pytest.raises(ValueError, match="naive"):
         uow.images.add(image)
 
 

@@ -10,6 +10,7 @@ import sqlite3
 from collections.abc import Iterator
 from typing import Any
 
+import psycopg
 from sqlalchemy import Connection, Engine, create_engine, event, exc, make_url, select
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
@@ -92,14 +93,26 @@ def _sqlite_engine(url: URL) -> Engine:
 
 _SQLITE_BUSY_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
+#: What the drivers raise, on the hot path below SQLAlchemy, for failures a retry may cure.
+_DRIVER_ERRORS = (
+    sqlite3.OperationalError,
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+)
+
 
 @contextlib.contextmanager
 def translated_errors() -> Iterator[None]:
-    """Raise StoreUnavailableError for failures a retry may cure: lost connection, lock, timeout."""
+    """Raise StoreUnavailableError for failures a retry may cure: lost connection, lock, timeout.
+
+    StoreBusyError when SQLite's lock is held by another writer. Both SQLAlchemy's errors and
+    the drivers' own (the hot path runs on the driver) are translated.
+    """
     try:
         yield
-    except (exc.OperationalError, exc.InterfaceError, exc.TimeoutError) as error:
-        if getattr(getattr(error, "orig", None), "sqlite_errorcode", None) in _SQLITE_BUSY_CODES:
+    except (exc.OperationalError, exc.InterfaceError, exc.TimeoutError, *_DRIVER_ERRORS) as error:
+        cause = getattr(error, "orig", None) or error
+        if getattr(cause, "sqlite_errorcode", None) in _SQLITE_BUSY_CODES:
             raise StoreBusyError(str(error).splitlines()[0]) from error
         raise StoreUnavailableError(str(error).splitlines()[0]) from error
     except exc.DBAPIError as error:

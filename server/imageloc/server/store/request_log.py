@@ -1,89 +1,104 @@
 """The request log: first outcomes of idempotent requests, on the unit of work's connection.
 
-Imports sqlalchemy, the store's tables and repository codecs, and the domain's values and ports.
+Imports the store's driver and repository encodings, and the domain's values and ports.
 """
 
 from __future__ import annotations
 
 import datetime
-import types
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select
-from sqlalchemy.exc import IntegrityError
-
-from imageloc.server.domain.model import Image
+from imageloc.server.domain.model import Image, ImageStatus, Location, Visibility
 from imageloc.server.domain.ports import RecordedOutcome, RequestKey
-from imageloc.server.store.engine import translated_errors
-from imageloc.server.store.repository import (
-    image_from_row,
-    image_values,
-    location_from_row,
-    plain_json,
+from imageloc.server.store.driver import Driver, Sql
+from imageloc.server.store.repository import plain_json
+
+_FIND = Sql("SELECT fingerprint, outcome FROM request_log WHERE request_id = ?")
+_RECORD = Sql(
+    "INSERT INTO request_log (request_id, fingerprint, image_id, outcome, created_at)"
+    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (request_id) DO NOTHING"
 )
-from imageloc.server.store.tables import request_log
+_PRUNE = Sql("DELETE FROM request_log WHERE created_at < ?")
 
 
 class SqlRequestLog:
     """RequestLog over the `request_log` table."""
 
-    def __init__(self, connection: Connection) -> None:
-        self._connection = connection
+    def __init__(self, driver: Driver) -> None:
+        self._driver = driver
 
     def find(self, request_id: str) -> RecordedOutcome | None:
         """The recorded outcome of request_id, or None."""
-        statement = select(request_log.c.fingerprint, request_log.c.outcome).where(
-            request_log.c.request_id == request_id
-        )
-        with translated_errors():
-            row = self._connection.execute(statement).first()
+        row = self._driver.execute(_FIND, (request_id,)).fetchone()
         if row is None:
             return None
-        return RecordedOutcome(fingerprint=row.fingerprint, image=decode_image(row.outcome))
+        fingerprint, outcome = row
+        return RecordedOutcome(
+            fingerprint=fingerprint, image=decode_image(self._driver.json_out(outcome))
+        )
 
     def record(self, key: RequestKey, image: Image, *, at: datetime.datetime) -> bool:
         """Record key's outcome; False when the id was recorded already (nothing written)."""
-        values = {
-            "request_id": key.request_id,
-            "fingerprint": key.fingerprint,
-            "image_id": image.id,
-            "outcome": encode_image(image),
-            "created_at": at,
-        }
-        with translated_errors():
-            try:
-                with self._connection.begin_nested():
-                    self._connection.execute(insert(request_log).values(values))
-            except IntegrityError:
-                return False
-        return True
+        driver = self._driver
+        values = (
+            key.request_id,
+            key.fingerprint,
+            image.id,
+            driver.json_in(encode_image(image)),
+            driver.time_in(at),
+        )
+        return bool(driver.execute(_RECORD, values).rowcount == 1)
 
     def prune(self, *, before: datetime.datetime) -> int:
         """Forget outcomes recorded before `before`; how many were forgotten."""
-        statement = delete(request_log).where(request_log.c.created_at < before)
-        with translated_errors():
-            return int(self._connection.execute(statement).rowcount)
+        return int(self._driver.execute(_PRUNE, (self._driver.time_in(before),)).rowcount)
 
 
 def encode_image(image: Image) -> dict[str, Any]:
     """image as JSON values."""
-    encoded = image_values(image, with_id=True)
-    encoded["created_at"] = image.created_at.isoformat()
-    encoded["updated_at"] = image.updated_at.isoformat()
-    encoded["locations"] = [
-        {"url": location.url, "metadata": plain_json(location.metadata)}
-        for location in image.locations
-    ]
-    return encoded
+    return {
+        "id": image.id,
+        "name": image.name,
+        "status": image.status.value,
+        "size": image.size,
+        "checksum": image.checksum,
+        "os_hash_algo": image.os_hash_algo,
+        "os_hash_value": image.os_hash_value,
+        "disk_format": image.disk_format,
+        "container_format": image.container_format,
+        "visibility": image.visibility.value,
+        "owner": image.owner,
+        "protected": image.protected,
+        "created_at": image.created_at.isoformat(),
+        "updated_at": image.updated_at.isoformat(),
+        "revision": image.revision,
+        "locations": [
+            {"url": location.url, "metadata": plain_json(location.metadata)}
+            for location in image.locations
+        ],
+    }
 
 
 def decode_image(encoded: dict[str, Any]) -> Image:
     """The image encode_image encoded."""
-    fields = dict(encoded)
-    fields["created_at"] = datetime.datetime.fromisoformat(fields["created_at"])
-    fields["updated_at"] = datetime.datetime.fromisoformat(fields["updated_at"])
-    locations = tuple(
-        location_from_row(location["url"], location["metadata"])
-        for location in fields.pop("locations")
+    return Image(
+        id=encoded["id"],
+        name=encoded["name"],
+        status=ImageStatus(encoded["status"]),
+        size=encoded["size"],
+        checksum=encoded["checksum"],
+        os_hash_algo=encoded["os_hash_algo"],
+        os_hash_value=encoded["os_hash_value"],
+        disk_format=encoded["disk_format"],
+        container_format=encoded["container_format"],
+        visibility=Visibility(encoded["visibility"]),
+        owner=encoded["owner"],
+        protected=bool(encoded["protected"]),
+        created_at=datetime.datetime.fromisoformat(encoded["created_at"]),
+        updated_at=datetime.datetime.fromisoformat(encoded["updated_at"]),
+        revision=encoded["revision"],
+        locations=tuple(
+            Location(url=location["url"], metadata=dict(location["metadata"] or {}))
+            for location in encoded["locations"]
+        ),
     )
-    return image_from_row(types.SimpleNamespace(**fields), locations)

@@ -10,7 +10,9 @@ import time
 from types import TracebackType
 from typing import Self
 
-from sqlalchemy import Connection, Engine
+from psycopg import IsolationLevel
+from sqlalchemy import Engine
+from sqlalchemy.pool import PoolProxiedConnection
 
 from imageloc.server.domain.ports import (
     DeadlineExceededError,
@@ -18,9 +20,10 @@ from imageloc.server.domain.ports import (
     StoreUnavailableError,
 )
 from imageloc.server.store import schema
+from imageloc.server.store.driver import Driver
 from imageloc.server.store.engine import (
+    SQLITE_BUSY_TIMEOUT_MS,
     check_database,
-    connect,
     create_engine_from_url,
     translated_errors,
 )
@@ -30,15 +33,20 @@ from imageloc.server.store.request_log import SqlRequestLog
 #: A wait that ended this close to the deadline was cut short by it.
 _DEADLINE_SLACK = 0.05
 
+_REPEATABLE_READ = IsolationLevel.REPEATABLE_READ
+
 #: The longest wait either database accepts (a 32-bit count of milliseconds).
 _MAX_WAIT_MS = 2**31 - 1
 
 
 class SqlUnitOfWork:
-    """One transaction on its own connection, rolled back on exit unless committed.
+    """One transaction on its own pooled driver connection, rolled back unless committed.
 
     A for_write unit of work holds the write lock from its start on SQLite (BEGIN
     IMMEDIATE) and locks each image it reads on PostgreSQL (SELECT ... FOR UPDATE).
+    Readers get a snapshot: SQLite's transaction, PostgreSQL's REPEATABLE READ; writers stay
+    READ COMMITTED there, where SELECT ... FOR UPDATE waits and then sees the latest row.
+    The statements run on the driver (store/driver.py); SQLAlchemy pools the connections.
     """
 
     images: ImageRepository
@@ -53,26 +61,49 @@ class SqlUnitOfWork:
         wait_for_locks: bool = True,
     ) -> None:
         self._engine = engine
+        self._postgresql = engine.dialect.name == "postgresql"
         self._for_write = for_write
         self._deadline = deadline
         self._wait_for_locks = wait_for_locks
-        self._connection: Connection | None = None
+        self._pooled: PoolProxiedConnection | None = None
+        self._driver: Driver | None = None
         self._committed = False
 
     def __enter__(self) -> Self:
-        if self._connection is not None:
+        if self._pooled is not None:
             raise RuntimeError("a unit of work cannot be entered twice")
+        wait_ms = self._wait_ms()
         try:
-            self._connection = connect(
-                self._engine, for_write=self._for_write, wait_ms=self._wait_ms()
-            )
+            with translated_errors():
+                self._pooled = self._engine.raw_connection()
+                self._driver = Driver(self._pooled.driver_connection, postgresql=self._postgresql)
+                self._begin(self._driver, wait_ms)
         except StoreUnavailableError as error:
+            self._release()
             self._raise_if_past_deadline(error)
             raise
+        except BaseException:
+            self._release()
+            raise
         self._committed = False
-        self.images = SqlImageRepository(self._connection, lock_rows=self._for_write)
-        self.requests = SqlRequestLog(self._connection)
+        self.images = SqlImageRepository(self._driver, lock_rows=self._for_write)
+        self.requests = SqlRequestLog(self._driver)
         return self
+
+    def _begin(self, driver: Driver, wait_ms: int | None) -> None:
+        """Begin the transaction; wait_ms bounds its every wait for a lock (see _wait_ms)."""
+        connection = driver.connection
+        if self._postgresql:
+            connection.isolation_level = None if self._for_write else _REPEATABLE_READ
+            if wait_ms is not None:  # SET LOCAL begins the transaction, and lasts as long
+                for setting in ("lock_timeout", "statement_timeout"):
+                    connection.execute(f"SET LOCAL {setting} = {int(wait_ms)}")
+            return
+        busy_ms = SQLITE_BUSY_TIMEOUT_MS if wait_ms is None else wait_ms
+        connection.execute(f"PRAGMA busy_timeout = {int(busy_ms)}")
+        # A writer takes the lock before it reads, so read-decide-write is atomic across
+        # processes; a deferred transaction upgraded in WAL mode fails instead of waiting.
+        connection.execute("BEGIN IMMEDIATE" if self._for_write else "BEGIN")
 
     def __exit__(
         self,
@@ -80,18 +111,38 @@ class SqlUnitOfWork:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        connection, self._connection = self._connection, None
-        if connection is None:
+        if self._pooled is None:
             return
         try:
-            if not self._committed and connection.in_transaction():
+            if not self._committed:
                 with translated_errors():
-                    connection.rollback()
+                    self._end("ROLLBACK")
         finally:
-            connection.close()
+            self._release()
         if isinstance(exc, StoreUnavailableError):
             # A wait the deadline cut short (lock_timeout, statement_timeout).
             self._raise_if_past_deadline(exc)
+
+    def _end(self, how: str) -> None:
+        """COMMIT or ROLLBACK the transaction."""
+        assert self._driver is not None
+        connection = self._driver.connection
+        if self._postgresql:
+            if how == "COMMIT":
+                connection.commit()
+            else:
+                connection.rollback()
+        elif connection.in_transaction:
+            connection.execute(how)
+
+    def _release(self) -> None:
+        """Give the connection back to the pool, or drop it when the database broke it."""
+        pooled, self._pooled, self._driver = self._pooled, None, None
+        if pooled is None:
+            return
+        if self._postgresql and getattr(pooled.driver_connection, "broken", False):
+            pooled.invalidate()
+        pooled.close()
 
     def _wait_ms(self) -> int | None:
         """How long this unit of work may wait for a lock, by its deadline."""
@@ -112,10 +163,10 @@ class SqlUnitOfWork:
 
     def commit(self) -> None:
         """Make the transaction's writes durable."""
-        if self._connection is None:
+        if self._driver is None:
             raise RuntimeError("commit() outside the unit of work's `with` block")
         with translated_errors():
-            self._connection.commit()
+            self._end("COMMIT")
         self._committed = True
 
 
