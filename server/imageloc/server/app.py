@@ -87,9 +87,10 @@ def build_server(settings: Settings) -> Server:
     """A server bound to settings.listen (port 0 picks a free one), not yet started.
 
     On SQLite every call runs on the event loop (InlineCalls): the store never blocks it,
-    a writer's lock is waited for by retrying. On PostgreSQL calls run on max_workers threads.
+    a writer's lock is waited for by retrying, and the writes of one loop turn commit
+    together. On PostgreSQL calls run on max_workers threads.
     """
-    store = SqlStore(settings.database_url, wait_for_locks=not is_embedded(settings.database_url))
+    store = SqlStore(settings.database_url, event_loop=is_embedded(settings.database_url))
     try:
         if store.is_embedded:
             store.upgrade()
@@ -104,7 +105,7 @@ def build_server(settings: Settings) -> Server:
         delayed_delete=settings.delayed_delete,
     )
     calls: StoreCalls = (
-        InlineCalls(max_wait_seconds=SQLITE_BUSY_TIMEOUT_MS / 1000)
+        InlineCalls(max_wait_seconds=SQLITE_BUSY_TIMEOUT_MS / 1000, durable=store.durable)
         if store.is_embedded
         else ThreadedCalls(workers=settings.max_workers)
     )

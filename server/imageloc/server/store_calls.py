@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent import futures
 from typing import Protocol, TypeVar
 
@@ -40,20 +40,29 @@ class InlineCalls:
 
     The call itself ends with DeadlineExceededError once its deadline passes; without a
     deadline, a store busy for longer than max_wait_seconds answers StoreBusyError.
+    Whatever the call answers, it is answered once `durable` says its writes are
+    committed: a refusal may have been decided on them too.
     """
 
-    def __init__(self, *, max_wait_seconds: float) -> None:
+    def __init__(self, *, max_wait_seconds: float, durable: Callable[[], Awaitable[None]]) -> None:
         self._max_wait = max_wait_seconds
+        self._durable = durable
 
     async def run(self, call: Callable[[], T]) -> T:
         pause = FIRST_RETRY_SECONDS
         give_up = time.monotonic() + self._max_wait
         while True:
             try:
-                return call()
+                outcome = call()
             except StoreBusyError:
                 if time.monotonic() + pause > give_up:
                     raise
+            except Exception:
+                await self._durable()
+                raise
+            else:
+                await self._durable()
+                return outcome
             await asyncio.sleep(pause)
             pause = min(pause * 2, MAX_RETRY_SECONDS)
 

@@ -27,6 +27,7 @@ from imageloc.server.store.engine import (
     create_engine_from_url,
     translated_errors,
 )
+from imageloc.server.store.group_commit import LoopConnections
 from imageloc.server.store.repository import SqlImageRepository
 from imageloc.server.store.request_log import SqlRequestLog
 
@@ -58,26 +59,24 @@ class SqlUnitOfWork:
         *,
         for_write: bool,
         deadline: float | None = None,
-        wait_for_locks: bool = True,
+        loop_connections: LoopConnections | None = None,
     ) -> None:
         self._engine = engine
         self._postgresql = engine.dialect.name == "postgresql"
         self._for_write = for_write
         self._deadline = deadline
-        self._wait_for_locks = wait_for_locks
+        self._loop_connections = loop_connections
         self._pooled: PoolProxiedConnection | None = None
         self._driver: Driver | None = None
         self._committed = False
 
     def __enter__(self) -> Self:
-        if self._pooled is not None:
+        if self._driver is not None:
             raise RuntimeError("a unit of work cannot be entered twice")
         wait_ms = self._wait_ms()
         try:
             with translated_errors():
-                self._pooled = self._engine.raw_connection()
-                self._driver = Driver(self._pooled.driver_connection, postgresql=self._postgresql)
-                self._begin(self._driver, wait_ms)
+                self._driver = self._connect(wait_ms)
         except StoreUnavailableError as error:
             self._release()
             self._raise_if_past_deadline(error)
@@ -89,6 +88,17 @@ class SqlUnitOfWork:
         self.images = SqlImageRepository(self._driver, lock_rows=self._for_write)
         self.requests = SqlRequestLog(self._driver)
         return self
+
+    def _connect(self, wait_ms: int | None) -> Driver:
+        """A driver connection in this unit of work's transaction."""
+        if self._loop_connections is not None:
+            if self._for_write:
+                return self._loop_connections.begin_write()
+            return self._loop_connections.begin_read()
+        self._pooled = self._engine.raw_connection()
+        driver = Driver(self._pooled.driver_connection, postgresql=self._postgresql)
+        self._begin(driver, wait_ms)
+        return driver
 
     def _begin(self, driver: Driver, wait_ms: int | None) -> None:
         """Begin the transaction; wait_ms bounds its every wait for a lock (see _wait_ms)."""
@@ -111,7 +121,7 @@ class SqlUnitOfWork:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._pooled is None:
+        if self._driver is None:
             return
         try:
             if not self._committed:
@@ -126,6 +136,12 @@ class SqlUnitOfWork:
     def _end(self, how: str) -> None:
         """COMMIT or ROLLBACK the transaction."""
         assert self._driver is not None
+        if self._loop_connections is not None:
+            if self._for_write:
+                self._loop_connections.end_write(keep=how == "COMMIT")
+            else:
+                self._loop_connections.end_read()
+            return
         connection = self._driver.connection
         if self._postgresql:
             if how == "COMMIT":
@@ -147,12 +163,10 @@ class SqlUnitOfWork:
     def _wait_ms(self) -> int | None:
         """How long this unit of work may wait for a lock, by its deadline."""
         if self._deadline is None:
-            return None if self._wait_for_locks else 0
+            return None
         left = self._deadline - time.monotonic()
         if left <= 0:
             raise DeadlineExceededError("the call's deadline passed before the store was reached")
-        if not self._wait_for_locks:
-            return 0
         return max(1, min(int(left * 1000), _MAX_WAIT_MS))
 
     def _raise_if_past_deadline(self, error: StoreUnavailableError) -> None:
@@ -173,18 +187,20 @@ class SqlUnitOfWork:
 class SqlStore:
     """The database behind a URL: its engine, its schema and its units of work.
 
-    With wait_for_locks=False (SQLite only), a unit of work that finds another writer
-    holding the lock raises StoreBusyError at once instead of blocking its thread: the
-    caller, an event loop, waits without blocking and tries again.
+    With event_loop=True (SQLite only), units of work are for the one event loop thread
+    that serves calls inline: they never wait for a lock (StoreBusyError at once, and the
+    caller sleeps), and the writes of one loop turn commit together (group_commit.py).
     """
 
-    def __init__(self, url: str, *, wait_for_locks: bool = True) -> None:
+    def __init__(self, url: str, *, event_loop: bool = False) -> None:
         self.url = url
         self.engine = create_engine_from_url(url)
-        if not wait_for_locks and not self.is_embedded:
-            self.engine.dispose()
-            raise ValueError("only SQLite can answer StoreBusyError instead of waiting")
-        self.wait_for_locks = wait_for_locks
+        self._loop_connections: LoopConnections | None = None
+        if event_loop:
+            if not self.is_embedded:
+                self.engine.dispose()
+                raise ValueError("only SQLite serves calls inline on the event loop")
+            self._loop_connections = LoopConnections(self.engine)
 
     @property
     def is_embedded(self) -> bool:
@@ -194,8 +210,16 @@ class SqlStore:
     def unit_of_work(self, *, for_write: bool, deadline: float | None = None) -> SqlUnitOfWork:
         """A new unit of work; pass `store.unit_of_work` where a UnitOfWorkFactory is wanted."""
         return SqlUnitOfWork(
-            self.engine, for_write=for_write, deadline=deadline, wait_for_locks=self.wait_for_locks
+            self.engine,
+            for_write=for_write,
+            deadline=deadline,
+            loop_connections=self._loop_connections,
         )
+
+    async def durable(self) -> None:
+        """Wait until the writes of the current task are committed (event_loop stores)."""
+        if self._loop_connections is not None:
+            await self._loop_connections.durable()
 
     def upgrade(self) -> None:
         """Migrate the schema to this code's newest revision (`imageloc db upgrade`)."""
@@ -228,4 +252,6 @@ class SqlStore:
 
     def dispose(self) -> None:
         """Close every pooled connection."""
+        if self._loop_connections is not None:
+            self._loop_connections.close()
         self.engine.dispose()
