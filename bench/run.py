@@ -145,10 +145,15 @@ def report(
         f"{args.images} images seeded"
     )
     print(f"ceiling (empty RPC, bare grpc.aio server): {ceiling['calls_per_s']:,.0f} calls/s")
+    # Little's law: a closed loop of N calls in flight waits N / throughput on average.
+    print(
+        f"mean latency at {args.concurrency} in flight = {args.concurrency} / calls/s "
+        f"(the ceiling's: {1000 * args.concurrency / ceiling['calls_per_s']:.1f} ms)"
+    )
     print()
     print("| workload | calls/s | ratio to ceiling | p50 ms | p99 ms | errors |")
     print("|---|---|---|---|---|---|")
-    for r in results:
+    for r in [{**ceiling, "workload": "ceiling (empty RPC)"}, *results]:
         ratio = r["calls_per_s"] / ceiling["calls_per_s"]
         errors = ", ".join(f"{k} {v}" for k, v in r["errors"].items()) or "0"
         print(
