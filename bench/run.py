@@ -110,6 +110,11 @@ def throughput(args: argparse.Namespace) -> int:
             else [[str(IMAGELOC), "serve", "--listen", target, "--database", database]]
             * args.processes
         )
+        if servers:  # as an operator would: migrate, then start the servers
+            subprocess.run(
+                [str(IMAGELOC), "db", "upgrade", "--database", database],
+                check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
         with processes(servers, env) as pids:
             wait_serving(target)
             ids = seed(target, args.images)

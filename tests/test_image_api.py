@@ -218,6 +218,29 @@ def test_data_survives_a_restart(database_url: str) -> None:
         second.stop(None)
 
 
+def test_an_in_memory_store_serves_reads_amid_concurrent_writes() -> None:
+    server = build_server(Settings(listen="127.0.0.1:0", database_url="sqlite://"))
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.ImageServiceStub(channel)
+            image = make_image(stub, "active")
+            urls = [f"https://store.example/{i}.img" for i in range(8)]
+            writes = [
+                stub.AddLocation.future(
+                    pb.AddLocationRequest(image_id=image.id, location=location(url))
+                )
+                for url in urls
+            ]
+            reads = [stub.GetImage.future(pb.GetImageRequest(image_id=image.id)) for _ in urls]
+            for call in [*writes, *reads]:
+                call.result(timeout=10)
+            stored = get(stub, image.id)
+    finally:
+        server.stop(None)
+    assert {loc.url for loc in stored.locations} >= set(urls)
+
+
 def test_health_serves_and_reflection_lists_the_service(target: str) -> None:
     with grpc.insecure_channel(target) as channel:
         health = health_pb2_grpc.HealthStub(channel)

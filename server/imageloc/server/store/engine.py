@@ -51,12 +51,13 @@ def create_engine_from_url(url: str) -> Engine:
     )
 
 
-def _is_memory_sqlite(url: URL) -> bool:
+def is_memory_sqlite(url: URL) -> bool:
+    """Whether url names an in-memory SQLite database (one connection, this process only)."""
     return (url.database or "") in ("", ":memory:") or url.query.get("mode") == "memory"
 
 
 def _sqlite_engine(url: URL) -> Engine:
-    memory = _is_memory_sqlite(url)
+    memory = is_memory_sqlite(url)
     engine = create_engine(
         url,
         connect_args={"check_same_thread": False},

@@ -25,6 +25,7 @@ from imageloc.server.store.engine import (
     SQLITE_BUSY_TIMEOUT_MS,
     check_database,
     create_engine_from_url,
+    is_memory_sqlite,
     translated_errors,
 )
 from imageloc.server.store.group_commit import LoopConnections
@@ -190,6 +191,8 @@ class SqlStore:
     With event_loop=True (SQLite only), units of work are for the one event loop thread
     that serves calls inline: they never wait for a lock (StoreBusyError at once, and the
     caller sleeps), and the writes of one loop turn commit together (group_commit.py).
+    An in-memory database is one connection that no other process shares: its units of
+    work take turns on it, each committing its own transaction.
     """
 
     def __init__(self, url: str, *, event_loop: bool = False) -> None:
@@ -200,7 +203,8 @@ class SqlStore:
             if not self.is_embedded:
                 self.engine.dispose()
                 raise ValueError("only SQLite serves calls inline on the event loop")
-            self._loop_connections = LoopConnections(self.engine)
+            if not is_memory_sqlite(self.engine.url):
+                self._loop_connections = LoopConnections(self.engine)
 
     @property
     def is_embedded(self) -> bool:
