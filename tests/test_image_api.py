@@ -233,8 +233,10 @@ def test_an_in_memory_store_serves_reads_amid_concurrent_writes() -> None:
                 for url in urls
             ]
             reads = [stub.GetImage.future(pb.GetImageRequest(image_id=image.id)) for _ in urls]
-            for call in [*writes, *reads]:
-                call.result(timeout=10)
+            for write in writes:
+                write.result(timeout=10)
+            for read in reads:
+                read.result(timeout=10)
             stored = get(stub, image.id)
     finally:
         server.stop(None)

@@ -19,6 +19,7 @@ _COLUMNS = (
 )
 _PAGE_COLUMNS = ", ".join(f"page.{name.strip()}" for name in _COLUMNS.split(","))
 _URL, _METADATA = 15, 16  # where a joined row's location begins
+_REVISION = 13  # in _values(): always written, so that every save moves it
 
 # A reader's image and locations in one statement: one round trip, one snapshot.
 _SELECT_IMAGE_WITH_LOCATIONS = Sql(
@@ -39,12 +40,23 @@ _INSERT_IMAGE = Sql(
     f"INSERT INTO images ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (id) DO NOTHING"
 )
-_UPDATE_IMAGE = Sql(
-    "UPDATE images SET name = ?, status = ?, size = ?, checksum = ?, os_hash_algo = ?,"
-    " os_hash_value = ?, disk_format = ?, container_format = ?, visibility = ?, owner = ?,"
-    " protected = ?, created_at = ?, updated_at = ?, revision = ?"
-    " WHERE id = ? AND revision = ?"
-)
+# The columns save() may change, in _COLUMNS order after id; only those that did change
+# are written, so an unchanged status or name leaves its index pages alone (fewer pages
+# for COMMIT to write).
+_UPDATABLE = tuple(name.strip() for name in _COLUMNS.split(",")[1:])
+_UPDATES: dict[tuple[str, ...], Sql] = {}
+
+
+def _update_of(columns: tuple[str, ...]) -> Sql:
+    """UPDATE of these columns, conditional on the id and the old revision (built once)."""
+    statement = _UPDATES.get(columns)
+    if statement is None:
+        assignments = ", ".join(f"{column} = ?" for column in columns)
+        statement = Sql(f"UPDATE images SET {assignments} WHERE id = ? AND revision = ?")
+        _UPDATES[columns] = statement
+    return statement
+
+
 _INSERT_LOCATION = Sql(
     "INSERT INTO image_locations (image_id, position, url, metadata) VALUES (?, ?, ?, ?)"
 )
@@ -96,7 +108,11 @@ class SqlImageRepository:
         """Write new over old if the stored revision is still old.revision; else False."""
         if new.id != old.id:
             raise ValueError(f"cannot save image {new.id} over image {old.id}")
-        updated = self._driver.execute(_UPDATE_IMAGE, (*self._values(new), old.id, old.revision))
+        olds, news = self._values(old), self._values(new)
+        changed = [i for i, value in enumerate(news) if value != olds[i] or i == _REVISION]
+        statement = _update_of(tuple(_UPDATABLE[i] for i in changed))
+        values = [news[i] for i in changed]
+        updated = self._driver.execute(statement, (*values, old.id, old.revision))
         if updated.rowcount != 1:
             return False
         if new.locations != old.locations:
