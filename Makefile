@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 BREAKING_AGAINST ?= HEAD~1
 
-.PHONY: serve test check lint typecheck proto-lint generate check-generated pytest clean node-typecheck node-test
+.PHONY: serve test bench check lint typecheck proto-lint generate check-generated pytest clean node-typecheck node-test
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ $(NODE_STAMP): package.json package-lock.json
 ## Serve on 127.0.0.1:50051 with the embedded SQLite store (./imageloc.db).
 serve: $(STAMP)
 	$(BIN)/imageloc serve
+
+## The benchmark (docs/performance.md); BENCH_ARGS passes options, e.g. BENCH_ARGS=--fast.
+bench: $(STAMP)
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 ## Every check and every test: what CI runs.
 test: check node-test pytest
