@@ -64,8 +64,8 @@ class LoopConnections:
             self._writer = self._checkout()
         connection = self._writer
         if self._commit is None:
+            loop = asyncio.get_running_loop()  # before BEGIN: no loop, no lock taken
             connection.execute("BEGIN IMMEDIATE")
-            loop = asyncio.get_running_loop()
             self._commit = loop.create_future()
             self._commit.add_done_callback(_retrieved)
             loop.call_soon(self._commit_turn)

@@ -49,6 +49,8 @@ class SqlUnitOfWork:
     Readers get a snapshot: SQLite's transaction, PostgreSQL's REPEATABLE READ; writers stay
     READ COMMITTED there, where SELECT ... FOR UPDATE waits and then sees the latest row.
     The statements run on the driver (store/driver.py); SQLAlchemy pools the connections.
+    Given loop_connections (an event-loop SQLite store), a reader uses the loop's reader
+    connection and a writer a savepoint in the loop turn's shared transaction instead.
     """
 
     images: ImageRepository
