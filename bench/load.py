@@ -78,8 +78,15 @@ def workloads(image_ids: list[str]) -> dict[str, Call]:
     }
 
 
+#: The deadlines the client libraries send (client/imageloc/client/service_config.json).
+READ_DEADLINE_SECONDS = 5.0
+WRITE_DEADLINE_SECONDS = 10.0
+READS = frozenset({"GetImage", "ListImages"})
+
+
 class TimedStub:
-    """A stub whose every call's latency is recorded: p50 and p99 are per RPC."""
+    """A stub whose every call carries the clients' deadline and has its latency recorded:
+    p50 and p99 are per RPC."""
 
     def __init__(self, stub: pb_grpc.ImageServiceAsyncStub, latencies: list[float]) -> None:
         self._stub = stub
@@ -87,10 +94,11 @@ class TimedStub:
 
     def __getattr__(self, name: str) -> Any:
         method = getattr(self._stub, name)
+        deadline = READ_DEADLINE_SECONDS if name in READS else WRITE_DEADLINE_SECONDS
 
         async def timed(request: Any) -> Any:
             started = time.perf_counter()
-            response = await method(request)
+            response = await method(request, timeout=deadline)
             self._latencies.append(time.perf_counter() - started)
             return response
 

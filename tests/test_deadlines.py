@@ -11,10 +11,13 @@ import grpc
 import pytest
 from sqlalchemy import create_engine, make_url, text
 
+from imageloc.server.domain.ports import DeadlineExceededError
+from imageloc.server.store import SqlStore
 from imageloc.v1 import image_service_pb2 as pb
 from imageloc.v1 import image_service_pb2_grpc as pb_grpc
 
-from support import location, make_image
+from support import location, make_image, migrate
+from test_store import make_image as image_record
 
 URL = "https://store.example/late.img"
 
@@ -77,3 +80,25 @@ def test_reads_go_on_while_a_write_waits_for_a_lock_and_the_write_lands_after(
     assert [loc.url for loc in added.locations][-1] == URL
     stored = stub.GetImage(pb.GetImageRequest(image_id=image.id), timeout=5).image
     assert stored == added
+
+
+def load_for_write(store: SqlStore, image_id: str, *, seconds: float) -> None:
+    """Load image_id in a write unit of work that has `seconds` to go."""
+    with store.unit_of_work(for_write=True, deadline=time.monotonic() + seconds) as uow:
+        uow.images.get(image_id)  # SQLite waits at BEGIN, PostgreSQL at the row lock
+
+
+def test_a_unit_of_work_waiting_past_its_deadline_for_a_lock_says_deadline_exceeded(
+    database_url: str,
+) -> None:
+    migrate(database_url)
+    store = SqlStore(database_url)
+    image = image_record()
+    try:
+        with store.unit_of_work(for_write=True) as uow:
+            uow.images.add(image)
+            uow.commit()
+        with image_locked(database_url, image.id), pytest.raises(DeadlineExceededError):
+            load_for_write(store, image.id, seconds=0.3)
+    finally:
+        store.dispose()

@@ -2,7 +2,8 @@
 
 The hot path pays no ORM or SQLAlchemy execution cost: statements are plain SQL written
 once, values are encoded as the SQLModel tables store them (timestamps as SQLite's text
-or timestamptz, metadata as JSON). Imports the standard library and psycopg's JSON adapter.
+or timestamptz, metadata as JSON). Imports psycopg's JSON adapter and the store's error
+translation.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from psycopg.types.json import Json
+
+from imageloc.server.store.engine import DRIVER_ERRORS, unavailable
 
 
 class Sql:
@@ -28,22 +31,46 @@ class Sql:
 class Driver:
     """One DBAPI connection in a transaction that the unit of work began.
 
-    Errors come from the driver itself; the unit of work translates them.
+    A lost connection, a lock or a timeout raises StoreUnavailableError (StoreBusyError for
+    SQLite's lock), as SQLAlchemy's errors do elsewhere in the store.
     """
 
     def __init__(self, connection: Any, *, postgresql: bool) -> None:
         self.connection = connection
         self.postgresql = postgresql
 
-    def execute(self, statement: Sql, parameters: Sequence[Any] = ()) -> Any:
-        """Run statement; the cursor, for its rows or rowcount."""
-        sql = statement.postgresql if self.postgresql else statement.sqlite
-        return self.connection.execute(sql, parameters)
+    def rows(self, statement: Sql, parameters: Sequence[Any] = ()) -> list[Any]:
+        """Every row statement answers."""
+        try:
+            return self._execute(statement, parameters).fetchall()  # type: ignore[no-any-return]
+        except DRIVER_ERRORS as error:
+            raise unavailable(error) from error
 
-    def execute_many(self, statement: Sql, rows: Iterable[Sequence[Any]]) -> None:
+    def row(self, statement: Sql, parameters: Sequence[Any] = ()) -> Any | None:
+        """The first row statement answers, or None."""
+        try:
+            return self._execute(statement, parameters).fetchone()
+        except DRIVER_ERRORS as error:
+            raise unavailable(error) from error
+
+    def count(self, statement: Sql, parameters: Sequence[Any] = ()) -> int:
+        """How many rows statement changed."""
+        try:
+            return int(self._execute(statement, parameters).rowcount)
+        except DRIVER_ERRORS as error:
+            raise unavailable(error) from error
+
+    def run_many(self, statement: Sql, rows: Iterable[Sequence[Any]]) -> None:
         """Run statement once per row of parameters."""
         sql = statement.postgresql if self.postgresql else statement.sqlite
-        self.connection.cursor().executemany(sql, rows)
+        try:
+            self.connection.cursor().executemany(sql, rows)
+        except DRIVER_ERRORS as error:
+            raise unavailable(error) from error
+
+    def _execute(self, statement: Sql, parameters: Sequence[Any]) -> Any:
+        sql = statement.postgresql if self.postgresql else statement.sqlite
+        return self.connection.execute(sql, parameters)
 
     def time_in(self, value: datetime.datetime) -> Any:
         """A tz-aware timestamp as its column stores it (UTC)."""

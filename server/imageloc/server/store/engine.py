@@ -95,30 +95,40 @@ def _sqlite_engine(url: URL) -> Engine:
 _SQLITE_BUSY_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 #: What the drivers raise, on the hot path below SQLAlchemy, for failures a retry may cure.
-_DRIVER_ERRORS = (
+DRIVER_ERRORS = (
     sqlite3.OperationalError,
     psycopg.OperationalError,
     psycopg.InterfaceError,
 )
+
+_SQLALCHEMY_ERRORS = (exc.OperationalError, exc.InterfaceError, exc.TimeoutError)
+
+
+def unavailable(error: Exception) -> StoreUnavailableError:
+    """The StoreUnavailableError that stands for a driver's or SQLAlchemy's error.
+
+    StoreBusyError when SQLite's lock is held by another writer.
+    """
+    cause = getattr(error, "orig", None) or error
+    summary = str(error).splitlines()[0] if str(error) else type(error).__name__
+    if getattr(cause, "sqlite_errorcode", None) in _SQLITE_BUSY_CODES:
+        return StoreBusyError(summary)
+    return StoreUnavailableError(summary)
 
 
 @contextlib.contextmanager
 def translated_errors() -> Iterator[None]:
     """Raise StoreUnavailableError for failures a retry may cure: lost connection, lock, timeout.
 
-    StoreBusyError when SQLite's lock is held by another writer. Both SQLAlchemy's errors and
-    the drivers' own (the hot path runs on the driver) are translated.
+    Both SQLAlchemy's errors and the drivers' own (the hot path runs on the driver).
     """
     try:
         yield
-    except (exc.OperationalError, exc.InterfaceError, exc.TimeoutError, *_DRIVER_ERRORS) as error:
-        cause = getattr(error, "orig", None) or error
-        if getattr(cause, "sqlite_errorcode", None) in _SQLITE_BUSY_CODES:
-            raise StoreBusyError(str(error).splitlines()[0]) from error
-        raise StoreUnavailableError(str(error).splitlines()[0]) from error
+    except (*_SQLALCHEMY_ERRORS, *DRIVER_ERRORS) as error:
+        raise unavailable(error) from error
     except exc.DBAPIError as error:
         if error.connection_invalidated:
-            raise StoreUnavailableError(str(error).splitlines()[0]) from error
+            raise unavailable(error) from error
         raise
 
 

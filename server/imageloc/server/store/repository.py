@@ -83,12 +83,12 @@ class SqlImageRepository:
         driver = self._driver
         if self._lock_rows:
             statement = _SELECT_IMAGE_FOR_UPDATE[driver.postgresql]
-            row = driver.execute(statement, (image_id,)).fetchone()
+            row = driver.row(statement, (image_id,))
             if row is None:
                 return None
-            found = driver.execute(_SELECT_LOCATIONS, (image_id,)).fetchall()
+            found = driver.rows(_SELECT_LOCATIONS, (image_id,))
             return self._image(row, tuple(self._location(url, data) for url, data in found))
-        rows = driver.execute(_SELECT_IMAGE_WITH_LOCATIONS, (image_id,)).fetchall()
+        rows = driver.rows(_SELECT_IMAGE_WITH_LOCATIONS, (image_id,))
         if not rows:
             return None
         locations = tuple(
@@ -98,8 +98,7 @@ class SqlImageRepository:
 
     def add(self, image: Image) -> bool:
         """Insert a new image and its locations; False when the id is taken."""
-        inserted = self._driver.execute(_INSERT_IMAGE, (image.id, *self._values(image)))
-        if inserted.rowcount != 1:
+        if self._driver.count(_INSERT_IMAGE, (image.id, *self._values(image))) != 1:
             return False
         self._insert_locations(image.id, image.locations)
         return True
@@ -112,11 +111,10 @@ class SqlImageRepository:
         changed = [i for i, value in enumerate(news) if value != olds[i] or i == _REVISION]
         statement = _update_of(tuple(_UPDATABLE[i] for i in changed))
         values = [news[i] for i in changed]
-        updated = self._driver.execute(statement, (*values, old.id, old.revision))
-        if updated.rowcount != 1:
+        if self._driver.count(statement, (*values, old.id, old.revision)) != 1:
             return False
         if new.locations != old.locations:
-            self._driver.execute(_DELETE_LOCATIONS, (new.id,))
+            self._driver.count(_DELETE_LOCATIONS, (new.id,))
             self._insert_locations(new.id, new.locations)
         return True
 
@@ -146,7 +144,7 @@ class SqlImageRepository:
         )
         firsts: dict[str, Any] = {}
         grouped: dict[str, list[Location]] = {}
-        for row in self._driver.execute(statement, parameters).fetchall():
+        for row in self._driver.rows(statement, parameters):
             image_id = row[0]
             if image_id not in firsts:
                 firsts[image_id] = row
@@ -162,7 +160,7 @@ class SqlImageRepository:
             for position, location in enumerate(locations)
         ]
         if rows:
-            self._driver.execute_many(_INSERT_LOCATION, rows)
+            self._driver.run_many(_INSERT_LOCATION, rows)
 
     def _values(self, image: Image) -> tuple[Any, ...]:
         """image's columns after id, in _COLUMNS order."""

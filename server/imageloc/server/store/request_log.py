@@ -29,7 +29,7 @@ class SqlRequestLog:
 
     def find(self, request_id: str) -> RecordedOutcome | None:
         """The recorded outcome of request_id, or None."""
-        row = self._driver.execute(_FIND, (request_id,)).fetchone()
+        row = self._driver.row(_FIND, (request_id,))
         if row is None:
             return None
         fingerprint, outcome = row
@@ -47,11 +47,11 @@ class SqlRequestLog:
             driver.json_in(encode_image(image)),
             driver.time_in(at),
         )
-        return bool(driver.execute(_RECORD, values).rowcount == 1)
+        return bool(driver.count(_RECORD, values) == 1)
 
     def prune(self, *, before: datetime.datetime) -> int:
         """Forget outcomes recorded before `before`; how many were forgotten."""
-        return int(self._driver.execute(_PRUNE, (self._driver.time_in(before),)).rowcount)
+        return int(self._driver.count(_PRUNE, (self._driver.time_in(before),)))
 
 
 def encode_image(image: Image) -> dict[str, Any]:

@@ -36,6 +36,9 @@ from imageloc.server.store.request_log import SqlRequestLog
 _DEADLINE_SLACK = 0.05
 
 _REPEATABLE_READ = IsolationLevel.REPEATABLE_READ
+_SET_LOCAL_TIMEOUTS = (
+    "SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)"
+)
 
 #: The longest wait either database accepts (a 32-bit count of milliseconds).
 _MAX_WAIT_MS = 2**31 - 1
@@ -108,9 +111,8 @@ class SqlUnitOfWork:
         connection = driver.connection
         if self._postgresql:
             connection.isolation_level = None if self._for_write else _REPEATABLE_READ
-            if wait_ms is not None:  # SET LOCAL begins the transaction, and lasts as long
-                for setting in ("lock_timeout", "statement_timeout"):
-                    connection.execute(f"SET LOCAL {setting} = {int(wait_ms)}")
+            if wait_ms is not None:  # SET LOCAL, in one round trip; it begins the transaction
+                connection.execute(_SET_LOCAL_TIMEOUTS, (str(wait_ms), str(wait_ms)))
             return
         busy_ms = SQLITE_BUSY_TIMEOUT_MS if wait_ms is None else wait_ms
         connection.execute(f"PRAGMA busy_timeout = {int(busy_ms)}")
