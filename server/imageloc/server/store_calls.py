@@ -1,8 +1,5 @@
 """How the asyncio server runs a handler's store work: inline on the loop, or on threads.
 
-SQLite answers in microseconds, so its calls run on the event loop itself, with no thread
-hand-off; a lock held by another writer is waited for with asyncio.sleep, never by
-blocking the loop. PostgreSQL calls wait on the network, so they run in a thread pool.
 Imports asyncio and the domain's ports.
 """
 
@@ -38,6 +35,9 @@ class StoreCalls(Protocol):
 class InlineCalls:
     """Runs each call on the event loop; a StoreBusyError is tried again after a pause.
 
+    For SQLite, which answers in microseconds: no thread hand-off, and a lock held by
+    another writer is waited for with asyncio.sleep, never by blocking the loop.
+
     The call itself ends with DeadlineExceededError once its deadline passes; without a
     deadline, a store busy for longer than max_wait_seconds answers StoreBusyError.
     Whatever the call answers, it is answered once `durable` says its writes are
@@ -71,7 +71,10 @@ class InlineCalls:
 
 
 class ThreadedCalls:
-    """Runs each call on one of `workers` threads, where it may block on the database."""
+    """Runs each call on one of `workers` threads, where it may block on the database.
+
+    For PostgreSQL, whose calls wait on the network.
+    """
 
     def __init__(self, *, workers: int) -> None:
         self._pool = futures.ThreadPoolExecutor(

@@ -1,9 +1,6 @@
 """The store's SQL on the raw driver connection (sqlite3 or psycopg), in the schema's encodings.
 
-The hot path pays no ORM or SQLAlchemy execution cost: statements are plain SQL written
-once, values are encoded as the SQLModel tables store them (timestamps as SQLite's text
-or timestamptz, metadata as JSON). Imports psycopg's JSON adapter and the store's error
-translation.
+Imports psycopg's JSON adapter and the store's error translation.
 """
 
 from __future__ import annotations
@@ -19,7 +16,11 @@ from imageloc.server.store.engine import DRIVER_ERRORS, unavailable
 
 
 class Sql:
-    """One statement, written with `?` placeholders, ready for either driver."""
+    """One statement, written with `?` placeholders, ready for either driver.
+
+    The hot path pays no ORM or SQLAlchemy execution cost: statements are plain SQL written
+    once, values encoded as the SQLModel tables store them.
+    """
 
     __slots__ = ("postgresql", "sqlite")
 

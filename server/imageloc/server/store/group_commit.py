@@ -1,11 +1,5 @@
-"""SQLite on an event loop: one reader connection, and one writer whose writes commit together.
+"""SQLite on the event loop: a reader connection, and a writer whose writes commit together.
 
-Every handler runs to completion on the loop, so the writes of one loop turn run one after
-the other. The first opens a transaction on the writer (BEGIN IMMEDIATE) and schedules its
-COMMIT for the end of the turn; each write is a SAVEPOINT inside it, released when its unit
-of work commits and rolled back alone when it does not. A call whose write joined the
-transaction is answered only after the COMMIT (`durable`), so nothing is acknowledged that
-is not on disk, and one COMMIT serves every write of the turn (group commit).
 Imports asyncio, the store's driver and engine helpers, and the domain's ports.
 """
 
@@ -33,7 +27,15 @@ _JOINED: contextvars.ContextVar[asyncio.Future[None] | None] = contextvars.Conte
 
 
 class LoopConnections:
-    """The connections of the one event loop thread that uses them; see the module's doc."""
+    """The connections of the one event loop thread that uses them (group commit).
+
+    Every handler runs to completion on the loop, so the writes of one loop turn run one
+    after the other. The first opens a transaction on the writer (BEGIN IMMEDIATE) and
+    schedules its COMMIT for the end of the turn; each write is a SAVEPOINT inside it,
+    released when its unit of work commits and rolled back alone when it does not. A call
+    whose write joined the transaction is answered only after the COMMIT (`durable`), so
+    nothing is acknowledged that is not on disk, and one COMMIT serves the whole turn.
+    """
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
