@@ -119,7 +119,8 @@ def build_server(settings: Settings) -> Server:
         raise
     maintenance = Maintenance(
         store=store,
-        set_health=lambda name, status: loop.submit(health_servicer.set(name, status)),
+        # Waits, so that health is set when start() returns (bounded: the loop may be busy).
+        set_health=lambda name, status: loop.settle(health_servicer.set(name, status), 1.0),
         services=("", SERVICE_NAME),
         check_seconds=settings.health_check_seconds,
         prune_seconds=3600.0,

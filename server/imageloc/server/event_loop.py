@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Coroutine
+from concurrent import futures
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -26,12 +27,17 @@ class LoopThread:
         """Run coroutine on the loop and wait for its result."""
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
 
-    def submit(self, coroutine: Coroutine[Any, Any, Any]) -> None:
-        """Run coroutine on the loop without waiting; dropped once the loop is closed."""
+    def settle(self, coroutine: Coroutine[Any, Any, Any], timeout: float) -> None:
+        """Run coroutine on the loop and wait up to timeout for it; a closed loop drops it.
+
+        For callers that must not fail when the server is stopping (health reports).
+        """
         try:
-            asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+            done = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
         except RuntimeError:  # the loop is closed: nobody is left to tell
             coroutine.close()
+            return
+        futures.wait([done], timeout=timeout)
 
     def close(self) -> None:
         """Stop the loop and wait for its thread."""
