@@ -7,12 +7,17 @@ from __future__ import annotations
 
 import datetime
 import json
-from collections.abc import Iterable, Sequence
+import operator
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from psycopg.types.json import Json
 
 from imageloc.server.store.engine import DRIVER_ERRORS, unavailable
+
+_ALL = operator.methodcaller("fetchall")
+_FIRST = operator.methodcaller("fetchone")
+_ROWCOUNT = operator.attrgetter("rowcount")
 
 
 class Sql:
@@ -42,36 +47,32 @@ class Driver:
 
     def rows(self, statement: Sql, parameters: Sequence[Any] = ()) -> list[Any]:
         """Every row statement answers."""
-        try:
-            return self._execute(statement, parameters).fetchall()  # type: ignore[no-any-return]
-        except DRIVER_ERRORS as error:
-            raise unavailable(error) from error
+        return self._run(statement, parameters, _ALL)  # type: ignore[no-any-return]
 
     def row(self, statement: Sql, parameters: Sequence[Any] = ()) -> Any | None:
         """The first row statement answers, or None."""
-        try:
-            return self._execute(statement, parameters).fetchone()
-        except DRIVER_ERRORS as error:
-            raise unavailable(error) from error
+        return self._run(statement, parameters, _FIRST)
 
     def count(self, statement: Sql, parameters: Sequence[Any] = ()) -> int:
         """How many rows statement changed."""
-        try:
-            return int(self._execute(statement, parameters).rowcount)
-        except DRIVER_ERRORS as error:
-            raise unavailable(error) from error
+        return int(self._run(statement, parameters, _ROWCOUNT))
 
     def run_many(self, statement: Sql, rows: Iterable[Sequence[Any]]) -> None:
         """Run statement once per row of parameters."""
-        sql = statement.postgresql if self.postgresql else statement.sqlite
         try:
-            self.connection.cursor().executemany(sql, rows)
+            self.connection.cursor().executemany(self._sql(statement), rows)
         except DRIVER_ERRORS as error:
             raise unavailable(error) from error
 
-    def _execute(self, statement: Sql, parameters: Sequence[Any]) -> Any:
-        sql = statement.postgresql if self.postgresql else statement.sqlite
-        return self.connection.execute(sql, parameters)
+    def _run(self, statement: Sql, parameters: Sequence[Any], take: Callable[[Any], Any]) -> Any:
+        """What take reads off the cursor of statement; fetching may fail too (SQLite steps)."""
+        try:
+            return take(self.connection.execute(self._sql(statement), parameters))
+        except DRIVER_ERRORS as error:
+            raise unavailable(error) from error
+
+    def _sql(self, statement: Sql) -> str:
+        return statement.postgresql if self.postgresql else statement.sqlite
 
     def time_in(self, value: datetime.datetime) -> Any:
         """A tz-aware timestamp as its column stores it (UTC)."""

@@ -137,8 +137,7 @@ def connect(engine: Engine, *, for_write: bool, wait_ms: int | None = None) -> C
 
     wait_ms bounds every wait for a lock (and, on PostgreSQL, every statement) in the
     transaction: SQLite's busy timeout, PostgreSQL's lock_timeout and statement_timeout.
-    None waits up to SQLITE_BUSY_TIMEOUT_MS on SQLite and has no bound on PostgreSQL;
-    0 makes SQLite answer StoreBusyError at once rather than wait for another writer.
+    None waits up to SQLITE_BUSY_TIMEOUT_MS on SQLite and has no bound on PostgreSQL.
 
     On SQLite a for_write transaction holds the write lock from its start, and a reader's
     transaction is a snapshot from its first read. PostgreSQL readers get a snapshot too

@@ -13,13 +13,16 @@ from imageloc.server.domain.model import GONE_STATUSES, Image, ImageStatus, Loca
 from imageloc.server.domain.ports import ListCursor
 from imageloc.server.store.driver import Driver, Sql
 
-_COLUMNS = (
-    "id, name, status, size, checksum, os_hash_algo, os_hash_value, disk_format, "
-    "container_format, visibility, owner, protected, created_at, updated_at, revision"
-)
-_PAGE_COLUMNS = ", ".join(f"page.{name.strip()}" for name in _COLUMNS.split(","))
-_URL, _METADATA = 15, 16  # where a joined row's location begins
-_REVISION = 13  # in _values(): always written, so that every save moves it
+#: The images table's columns, in the order every statement and codec here uses.
+COLUMN_NAMES = (
+    "id", "name", "status", "size", "checksum", "os_hash_algo", "os_hash_value", "disk_format",
+    "container_format", "visibility", "owner", "protected", "created_at", "updated_at",
+    "revision",
+)  # fmt: skip
+_COLUMNS = ", ".join(COLUMN_NAMES)
+_PAGE_COLUMNS = ", ".join(f"page.{name}" for name in COLUMN_NAMES)
+_CREATED, _UPDATED = COLUMN_NAMES.index("created_at"), COLUMN_NAMES.index("updated_at")
+_URL, _METADATA = len(COLUMN_NAMES), len(COLUMN_NAMES) + 1  # a joined row's location
 
 # A reader's image and locations in one statement: one round trip, one snapshot.
 _SELECT_IMAGE_WITH_LOCATIONS = Sql(
@@ -37,13 +40,12 @@ _SELECT_LOCATIONS = Sql(
     "SELECT url, metadata FROM image_locations WHERE image_id = ? ORDER BY position"
 )
 _INSERT_IMAGE = Sql(
-    f"INSERT INTO images ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    f"INSERT INTO images ({_COLUMNS}) VALUES ({', '.join('?' for _ in COLUMN_NAMES)})"
     " ON CONFLICT (id) DO NOTHING"
 )
-# The columns save() may change, in _COLUMNS order after id; only those that did change
-# are written, so an unchanged status or name leaves its index pages alone (fewer pages
-# for COMMIT to write).
-_UPDATABLE = tuple(name.strip() for name in _COLUMNS.split(",")[1:])
+# save() writes only the columns that changed (and the revision, always), so an unchanged
+# status or name leaves its index pages alone: fewer pages for COMMIT to write.
+_REVISION = COLUMN_NAMES.index("revision")
 _UPDATES: dict[tuple[str, ...], Sql] = {}
 
 
@@ -98,7 +100,7 @@ class SqlImageRepository:
 
     def add(self, image: Image) -> bool:
         """Insert a new image and its locations; False when the id is taken."""
-        if self._driver.count(_INSERT_IMAGE, (image.id, *self._values(image))) != 1:
+        if self._driver.count(_INSERT_IMAGE, self._values(image)) != 1:
             return False
         self._insert_locations(image.id, image.locations)
         return True
@@ -108,8 +110,8 @@ class SqlImageRepository:
         if new.id != old.id:
             raise ValueError(f"cannot save image {new.id} over image {old.id}")
         olds, news = self._values(old), self._values(new)
-        changed = [i for i, value in enumerate(news) if value != olds[i] or i == _REVISION]
-        statement = _update_of(tuple(_UPDATABLE[i] for i in changed))
+        changed = [i for i in range(1, len(news)) if news[i] != olds[i] or i == _REVISION]
+        statement = _update_of(tuple(COLUMN_NAMES[i] for i in changed))
         values = [news[i] for i in changed]
         if self._driver.count(statement, (*values, old.id, old.revision)) != 1:
             return False
@@ -162,50 +164,65 @@ class SqlImageRepository:
         if rows:
             self._driver.run_many(_INSERT_LOCATION, rows)
 
-    def _values(self, image: Image) -> tuple[Any, ...]:
-        """image's columns after id, in _COLUMNS order."""
-        time_in = self._driver.time_in
-        return (
-            image.name,
-            image.status.value,
-            image.size,
-            image.checksum,
-            image.os_hash_algo,
-            image.os_hash_value,
-            image.disk_format,
-            image.container_format,
-            image.visibility.value,
-            image.owner,
-            image.protected,
-            time_in(image.created_at),
-            time_in(image.updated_at),
-            image.revision,
-        )
+    def _values(self, image: Image) -> Sequence[Any]:
+        """image's columns, in COLUMN_NAMES order, as the table stores them."""
+        values = image_columns(image)
+        values[_CREATED] = self._driver.time_in(image.created_at)
+        values[_UPDATED] = self._driver.time_in(image.updated_at)
+        return values
 
     def _image(self, row: Sequence[Any], locations: tuple[Location, ...]) -> Image:
-        """The image in a row whose first columns are _COLUMNS."""
-        time_out = self._driver.time_out
-        return Image(
-            id=row[0],
-            name=row[1],
-            status=ImageStatus(row[2]),
-            size=row[3],
-            checksum=row[4],
-            os_hash_algo=row[5],
-            os_hash_value=row[6],
-            disk_format=row[7],
-            container_format=row[8],
-            visibility=Visibility(row[9]),
-            owner=row[10],
-            protected=bool(row[11]),
-            created_at=time_out(row[12]),
-            updated_at=time_out(row[13]),
-            revision=row[14],
-            locations=locations,
-        )
+        """The image in a row whose first columns are COLUMN_NAMES."""
+        values = list(row[: len(COLUMN_NAMES)])
+        values[_CREATED] = self._driver.time_out(values[_CREATED])
+        values[_UPDATED] = self._driver.time_out(values[_UPDATED])
+        return image_from_columns(values, locations)
 
     def _location(self, url: str, metadata: Any) -> Location:
         return Location(url=url, metadata=dict(self._driver.json_out(metadata) or {}))
+
+
+def image_columns(image: Image) -> list[Any]:
+    """image's values in COLUMN_NAMES order: enums by value, timestamps as datetimes."""
+    return [
+        image.id,
+        image.name,
+        image.status.value,
+        image.size,
+        image.checksum,
+        image.os_hash_algo,
+        image.os_hash_value,
+        image.disk_format,
+        image.container_format,
+        image.visibility.value,
+        image.owner,
+        image.protected,
+        image.created_at,
+        image.updated_at,
+        image.revision,
+    ]
+
+
+def image_from_columns(values: Sequence[Any], locations: tuple[Location, ...]) -> Image:
+    """The image whose values image_columns gave (timestamps as datetimes)."""
+    return Image(
+        id=values[0],
+        name=values[1],
+        status=ImageStatus(values[2]),
+        size=values[3],
+        checksum=values[4],
+        os_hash_algo=values[5],
+        os_hash_value=values[6],
+        disk_format=values[7],
+        container_format=values[8],
+        visibility=Visibility(values[9]),
+        owner=values[10],
+        protected=bool(values[11]),
+        created_at=values[12],
+        updated_at=values[13],
+        revision=values[14],
+        locations=locations,
+    )
 
 
 def plain_json(value: Any) -> Any:

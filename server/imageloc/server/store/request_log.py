@@ -8,10 +8,17 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
-from imageloc.server.domain.model import Image, ImageStatus, Location, Visibility
+from imageloc.server.domain.model import Image, Location
 from imageloc.server.domain.ports import RecordedOutcome, RequestKey
 from imageloc.server.store.driver import Driver, Sql
-from imageloc.server.store.repository import plain_json
+from imageloc.server.store.repository import (
+    COLUMN_NAMES,
+    image_columns,
+    image_from_columns,
+    plain_json,
+)
+
+_CREATED, _UPDATED = COLUMN_NAMES.index("created_at"), COLUMN_NAMES.index("updated_at")
 
 _FIND = Sql("SELECT fingerprint, outcome FROM request_log WHERE request_id = ?")
 _RECORD = Sql(
@@ -55,50 +62,24 @@ class SqlRequestLog:
 
 
 def encode_image(image: Image) -> dict[str, Any]:
-    """image as JSON values."""
-    return {
-        "id": image.id,
-        "name": image.name,
-        "status": image.status.value,
-        "size": image.size,
-        "checksum": image.checksum,
-        "os_hash_algo": image.os_hash_algo,
-        "os_hash_value": image.os_hash_value,
-        "disk_format": image.disk_format,
-        "container_format": image.container_format,
-        "visibility": image.visibility.value,
-        "owner": image.owner,
-        "protected": image.protected,
-        "created_at": image.created_at.isoformat(),
-        "updated_at": image.updated_at.isoformat(),
-        "revision": image.revision,
-        "locations": [
-            {"url": location.url, "metadata": plain_json(location.metadata)}
-            for location in image.locations
-        ],
-    }
+    """image as JSON values, keyed by column name."""
+    encoded = dict(zip(COLUMN_NAMES, image_columns(image), strict=True))
+    encoded["created_at"] = image.created_at.isoformat()
+    encoded["updated_at"] = image.updated_at.isoformat()
+    encoded["locations"] = [
+        {"url": location.url, "metadata": plain_json(location.metadata)}
+        for location in image.locations
+    ]
+    return encoded
 
 
 def decode_image(encoded: dict[str, Any]) -> Image:
     """The image encode_image encoded."""
-    return Image(
-        id=encoded["id"],
-        name=encoded["name"],
-        status=ImageStatus(encoded["status"]),
-        size=encoded["size"],
-        checksum=encoded["checksum"],
-        os_hash_algo=encoded["os_hash_algo"],
-        os_hash_value=encoded["os_hash_value"],
-        disk_format=encoded["disk_format"],
-        container_format=encoded["container_format"],
-        visibility=Visibility(encoded["visibility"]),
-        owner=encoded["owner"],
-        protected=bool(encoded["protected"]),
-        created_at=datetime.datetime.fromisoformat(encoded["created_at"]),
-        updated_at=datetime.datetime.fromisoformat(encoded["updated_at"]),
-        revision=encoded["revision"],
-        locations=tuple(
-            Location(url=location["url"], metadata=dict(location["metadata"] or {}))
-            for location in encoded["locations"]
-        ),
+    values = [encoded[name] for name in COLUMN_NAMES]
+    values[_CREATED] = datetime.datetime.fromisoformat(encoded["created_at"])
+    values[_UPDATED] = datetime.datetime.fromisoformat(encoded["updated_at"])
+    locations = tuple(
+        Location(url=location["url"], metadata=dict(location["metadata"] or {}))
+        for location in encoded["locations"]
     )
+    return image_from_columns(values, locations)
