@@ -39,10 +39,10 @@ def test_service_imports_only_the_domain() -> None:
     assert outside == []
 
 
-def test_only_rpc_errors_and_servicer_build_grpc_statuses() -> None:
+def test_only_the_rpc_error_mapping_and_servicer_build_grpc_statuses() -> None:
     users = sorted(
         path.name
         for path in SERVER.rglob("*.py")
         if "google.rpc" in " ".join(imported_modules(path))
     )
-    assert users == ["rpc_errors.py", "servicer.py"]
+    assert users == ["errors.py", "servicer.py"]

@@ -7,8 +7,8 @@ import datetime
 import pytest
 from google.protobuf import timestamp_pb2
 
-from imageloc.server import convert
 from imageloc.server.domain.model import Image, ImageStatus
+from imageloc.server.rpc import convert
 
 UTC = datetime.UTC
 

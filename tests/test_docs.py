@@ -8,7 +8,7 @@ import re
 from google.rpc import code_pb2
 
 from imageloc.server.domain.errors import Action, Reason
-from imageloc.server.rpc_errors import REASON_CODES, TRANSITION_HTTP_STATUS
+from imageloc.server.rpc.errors import REASON_CODES, TRANSITION_HTTP_STATUS
 
 ERRORS_DOC = pathlib.Path(__file__).resolve().parents[1] / "docs" / "errors.md"
 ROW = re.compile(r"^\|[^|]+\| ([A-Z_]+) \| ([A-Z_]+) \| (\d{3}) \|$")

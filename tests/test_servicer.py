@@ -14,8 +14,8 @@ import pytest
 
 from imageloc.server.domain.policy import LocationPolicy
 from imageloc.server.domain.ports import StoreUnavailableError
+from imageloc.server.rpc.servicer import ImageServicer
 from imageloc.server.service import ImageService
-from imageloc.server.servicer import ImageServicer
 from imageloc.v1 import image_service_pb2 as pb
 
 from fakes import InMemoryStore

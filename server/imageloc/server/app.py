@@ -23,11 +23,11 @@ from grpc_reflection.v1alpha import reflection
 from imageloc.server.config import Settings
 from imageloc.server.event_loop import LoopThread
 from imageloc.server.maintenance import Maintenance
+from imageloc.server.rpc.servicer import ImageServicer, add_to_server
+from imageloc.server.rpc.store_calls import InlineCalls, StoreCalls, ThreadedCalls
 from imageloc.server.service import ImageService
-from imageloc.server.servicer import ImageServicer, add_to_server
 from imageloc.server.store import SqlStore, is_embedded
 from imageloc.server.store.engine import SQLITE_BUSY_TIMEOUT_MS
-from imageloc.server.store_calls import InlineCalls, StoreCalls, ThreadedCalls
 from imageloc.v1 import image_service_pb2 as pb
 
 log = logging.getLogger("imageloc.server")

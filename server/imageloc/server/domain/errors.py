@@ -1,6 +1,6 @@
 """Domain errors: every refusal the rules can make, each with a stable reason.
 
-Standard library only. The gRPC mapping (imageloc.server.rpc_errors) turns a
+Standard library only. The gRPC mapping (imageloc.server.rpc.errors) turns a
 reason into a status code and Glance's HTTP equivalent.
 """
 

@@ -20,16 +20,10 @@ from google.protobuf.message import Message
 from google.rpc import code_pb2, status_pb2
 from grpc_status import rpc_status
 
-from imageloc.server import convert
 from imageloc.server.domain.errors import DomainError
 from imageloc.server.domain.ports import DeadlineExceededError, RequestKey, StoreUnavailableError
-from imageloc.server.request_guard import (
-    UnreadableRequest,
-    acceptable,
-    fingerprint,
-    request_decoder,
-)
-from imageloc.server.rpc_errors import (
+from imageloc.server.rpc import convert
+from imageloc.server.rpc.errors import (
     CONCURRENT_UPDATE_REASON,
     DEADLINE_REASON,
     INTERNAL_REASON,
@@ -37,8 +31,14 @@ from imageloc.server.rpc_errors import (
     domain_error_status,
     server_status,
 )
+from imageloc.server.rpc.request_guard import (
+    UnreadableRequest,
+    acceptable,
+    fingerprint,
+    request_decoder,
+)
+from imageloc.server.rpc.store_calls import StoreCalls
 from imageloc.server.service import ConcurrentUpdateError, ImageService, page_token_after
-from imageloc.server.store_calls import StoreCalls
 from imageloc.v1 import image_service_pb2 as pb
 from imageloc.v1 import image_service_pb2_grpc as pb_grpc
 
