@@ -107,7 +107,18 @@ def throughput(args: argparse.Namespace) -> int:
         servers: list[list[str]] = (
             []
             if args.target
-            else [[str(IMAGELOC), "serve", "--listen", target, "--database", database]]
+            else [
+                [
+                    str(IMAGELOC),
+                    "serve",
+                    "--listen",
+                    target,
+                    "--drain-seconds",
+                    "0",
+                    "--database",
+                    database,
+                ]
+            ]
             * args.processes
         )
         if servers:  # as an operator would: migrate, then start the servers
@@ -195,7 +206,18 @@ def scale(args: argparse.Namespace) -> int:
             sample = bulk_seed(store, images, image_locations, start=seeded, stop=size, now=now)
             seeded = size
             seed_s = time.monotonic() - started
-            servers = [[str(IMAGELOC), "serve", "--listen", target, "--database", database]]
+            servers = [
+                [
+                    str(IMAGELOC),
+                    "serve",
+                    "--listen",
+                    target,
+                    "--drain-seconds",
+                    "0",
+                    "--database",
+                    database,
+                ]
+            ]
             with processes(servers, dict(os.environ)):
                 wait_serving(target)
                 get_ms, list_ms = per_call(target, sample, calls=args.calls)

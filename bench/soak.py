@@ -352,7 +352,16 @@ def server_for(args: argparse.Namespace) -> Iterator[Server]:
             )
         target = f"127.0.0.1:{free_port()}"
         process = subprocess.Popen(
-            [str(IMAGELOC), "serve", "--listen", target, "--database", database],
+            [
+                str(IMAGELOC),
+                "serve",
+                "--listen",
+                target,
+                "--drain-seconds",
+                "0",
+                "--database",
+                database,
+            ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=log,

@@ -23,6 +23,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from support import migrate
 
 IMAGELOC = pathlib.Path(sys.executable).with_name("imageloc")
+#: Test servers stop at once unless a test asks for a drain delay.
+TEST_ENV = {"IMAGELOC_DRAIN_SECONDS": "0"}
 START_SECONDS = 30.0
 STOP_SECONDS = 20.0
 
@@ -98,7 +100,7 @@ def launch(database_url: str, *, env: Mapping[str, str] | None = None) -> Server
     log = tempfile.TemporaryFile()  # noqa: SIM115 - closed when the process ends
     process = subprocess.Popen(
         [str(IMAGELOC), "serve", "--listen", target, "--database", database_url],
-        env={**os.environ, **(env or {})},
+        env={**os.environ, **TEST_ENV, **(env or {})},
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=log,

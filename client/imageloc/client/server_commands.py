@@ -45,6 +45,18 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="a,b,c",
         help="accepted URL schemes ($IMAGELOC_LOCATION_SCHEMES)",
     )
+    serve.add_argument(
+        "--drain-seconds",
+        type=float,
+        metavar="S",
+        help="after SIGTERM, serve this long with health NOT_SERVING ($IMAGELOC_DRAIN_SECONDS)",
+    )
+    serve.add_argument(
+        "--grace-seconds",
+        type=float,
+        metavar="S",
+        help="the longest a stop takes, drain included ($IMAGELOC_GRACE_SECONDS)",
+    )
     db = commands.add_parser(
         "db",
         help="Migrate the database schema.",
@@ -98,6 +110,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         flags |= {
             "listen": args.listen,
             "location_quota": args.location_quota,
+            "drain_seconds": args.drain_seconds,
+            "grace_seconds": args.grace_seconds,
             "delayed_delete": args.delayed_delete,
             "location_schemes": (
                 None if args.location_schemes is None else parse_schemes(args.location_schemes)

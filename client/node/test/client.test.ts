@@ -81,7 +81,7 @@ describe("ImageClient against imageloc serve", () => {
     let log = "";
     server = spawn(
       SERVER_BIN,
-      ["serve", "--listen", `127.0.0.1:${port}`, "--database", `sqlite:///${path.join(dir, "x.db")}`],
+      ["serve", "--listen", `127.0.0.1:${port}`, "--drain-seconds", "0", "--database", `sqlite:///${path.join(dir, "x.db")}`],
       { cwd: REPO_ROOT, stdio: ["ignore", "pipe", "pipe"] },
     );
     server.stdout?.on("data", (d: Buffer) => (log += d.toString()));

@@ -5,6 +5,7 @@ Imports everything else; nothing imports it but the CLI and the tests.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime
 import logging
@@ -12,17 +13,19 @@ import os
 import signal
 import sys
 import threading
+import time
 from types import FrameType
 from typing import NoReturn
 
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from imageloc.server.config import Settings
 from imageloc.server.event_loop import LoopThread
 from imageloc.server.maintenance import Maintenance
+from imageloc.server.rpc.drain import Admission
+from imageloc.server.rpc.health import DrainingHealth
 from imageloc.server.rpc.servicer import ImageServicer, add_to_server
 from imageloc.server.rpc.store_calls import InlineCalls, StoreCalls, ThreadedCalls
 from imageloc.server.service import ImageService
@@ -41,6 +44,11 @@ SERVER_MIN_PING_INTERVAL_MS = 10_000
 #: The largest request the server reads. gRPC refuses a larger one itself, before any of
 #: our code runs: RESOURCE_EXHAUSTED without an ErrorInfo.
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
+
+#: How long after gRPC's stop starts the calls held during the drain are answered: by
+#: then its GOAWAY is on every connection ahead of their answers, so their clients read
+#: it first and send their next calls elsewhere instead of into the closing server.
+GOAWAY_SECONDS = 0.1
 
 SERVER_OPTIONS: list[tuple[str, int]] = [
     ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
@@ -63,7 +71,8 @@ class Server:
     grpc_server: grpc.aio.Server
     port: int
     store: SqlStore
-    health: HealthServicer
+    health: DrainingHealth
+    admission: Admission
     maintenance: Maintenance
     loop: LoopThread
     calls: StoreCalls
@@ -73,14 +82,37 @@ class Server:
         self.loop.run(self.grpc_server.start())
         self.maintenance.start()
 
-    def stop(self, grace: float | None) -> None:
-        """Refuse new calls, let in-flight ones finish within grace seconds, close the store."""
+    def stop(self, grace: float | None, *, drain: float = 0.0) -> None:
+        """Stop within grace seconds (None: at once, cancelling calls), then close the store.
+
+        Health turns NOT_SERVING; calls are still served for `drain` seconds (within grace),
+        so that balancers route away. Then new calls are held unanswered while the admitted
+        ones finish; gRPC's stop starts once nothing is in flight or arriving (it cancels
+        any call that reaches it unanswered), and the held calls are answered UNAVAILABLE
+        once its GOAWAY is out, so that their clients send their next calls elsewhere.
+        """
+        deadline = time.monotonic() + (grace or 0.0)
         self.loop.run(self.health.enter_graceful_shutdown())
         self.maintenance.stop()
-        self.loop.run(self.grpc_server.stop(grace))
+        if grace is None:
+            self.loop.run(self.grpc_server.stop(None))
+        else:
+            time.sleep(max(0.0, min(drain, deadline - time.monotonic())))
+            self.loop.run(self._drain(deadline))
         self.calls.close()
         self.store.dispose()
         self.loop.close()
+
+    async def _drain(self, deadline: float) -> None:
+        self.admission.close()
+        if not await self.admission.settle(deadline=deadline):
+            log.warning("calls still in flight at the end of the grace period are cancelled")
+        stopping = asyncio.ensure_future(
+            self.grpc_server.stop(max(0.0, deadline - time.monotonic()))
+        )
+        await asyncio.sleep(GOAWAY_SECONDS)
+        self.admission.release()
+        await stopping
 
 
 def build_server(settings: Settings) -> Server:
@@ -111,7 +143,7 @@ def build_server(settings: Settings) -> Server:
     )
     loop = LoopThread("imageloc-server")
     try:
-        server, health_servicer, port = loop.run(_grpc_server(settings, service, calls))
+        server, health_servicer, admission, port = loop.run(_grpc_server(settings, service, calls))
     except BaseException:
         loop.close()
         calls.close()
@@ -131,6 +163,7 @@ def build_server(settings: Settings) -> Server:
         port=port,
         store=store,
         health=health_servicer,
+        admission=admission,
         maintenance=maintenance,
         loop=loop,
         calls=calls,
@@ -139,11 +172,12 @@ def build_server(settings: Settings) -> Server:
 
 async def _grpc_server(
     settings: Settings, service: ImageService, calls: StoreCalls
-) -> tuple[grpc.aio.Server, HealthServicer, int]:
+) -> tuple[grpc.aio.Server, DrainingHealth, Admission, int]:
     """The grpc.aio server, built on the loop that will run it."""
     server = grpc.aio.server(options=SERVER_OPTIONS)
-    add_to_server(ImageServicer(service), server, calls)
-    health_servicer = HealthServicer()
+    admission = Admission()
+    add_to_server(ImageServicer(service), server, calls, admission)
+    health_servicer = DrainingHealth(admission)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
@@ -151,7 +185,7 @@ async def _grpc_server(
     port = server.add_insecure_port(settings.listen)
     if port == 0:
         raise OSError(f"cannot listen on {settings.listen}")
-    return server, health_servicer, port
+    return server, health_servicer, admission, port
 
 
 def serve(settings: Settings) -> NoReturn:
@@ -168,8 +202,9 @@ def serve(settings: Settings) -> NoReturn:
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         log.info(
-            "received %s, draining for up to %ss",
+            "received %s: health NOT_SERVING, serving %ss more, stopped within %ss",
             signal.Signals(signum).name,
+            min(settings.drain_seconds, settings.grace_seconds),
             settings.grace_seconds,
         )
         stopping.set()
@@ -182,7 +217,7 @@ def serve(settings: Settings) -> NoReturn:
         "imageloc serving on %s:%d, store %s", host, server.port, _safe_url(settings.database_url)
     )
     stopping.wait()
-    server.stop(settings.grace_seconds)
+    server.stop(settings.grace_seconds, drain=settings.drain_seconds)
     log.info("imageloc stopped")
     logging.shutdown()
     sys.stdout.flush()

@@ -23,6 +23,7 @@ class Settings:
     location_schemes: frozenset[str] = DEFAULT_SCHEMES
     hashing_algorithm: str = "sha512"
     grace_seconds: float = 10.0
+    drain_seconds: float = 3.0
     max_workers: int = 8
     health_check_seconds: float = 2.0
     request_retention_seconds: float = 86_400.0
@@ -50,6 +51,7 @@ class Settings:
             location_schemes=parse_schemes(schemes) if schemes else base.location_schemes,
             hashing_algorithm=env.get("IMAGELOC_HASHING_ALGORITHM", base.hashing_algorithm),
             grace_seconds=float(env.get("IMAGELOC_GRACE_SECONDS", base.grace_seconds)),
+            drain_seconds=float(env.get("IMAGELOC_DRAIN_SECONDS", base.drain_seconds)),
             max_workers=int(env.get("IMAGELOC_MAX_WORKERS", base.max_workers)),
             health_check_seconds=float(
                 env.get("IMAGELOC_HEALTH_CHECK_SECONDS", base.health_check_seconds)

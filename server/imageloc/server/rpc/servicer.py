@@ -23,10 +23,12 @@ from grpc_status import rpc_status
 from imageloc.server.domain.errors import DomainError
 from imageloc.server.domain.ports import DeadlineExceededError, RequestKey, StoreUnavailableError
 from imageloc.server.rpc import convert
+from imageloc.server.rpc.drain import Admission
 from imageloc.server.rpc.errors import (
     CONCURRENT_UPDATE_REASON,
     DEADLINE_REASON,
     INTERNAL_REASON,
+    STOPPING_REASON,
     UNAVAILABLE_REASON,
     domain_error_status,
     server_status,
@@ -55,15 +57,18 @@ Resp = TypeVar("Resp")
 Handler = Callable[["ImageServicer", Req, grpc.ServicerContext], Resp]
 
 
-def add_to_server(servicer: ImageServicer, server: grpc.aio.Server, calls: StoreCalls) -> None:
+def add_to_server(
+    servicer: ImageServicer, server: grpc.aio.Server, calls: StoreCalls, admission: Admission
+) -> None:
     """Serve servicer's RPCs on an asyncio server, the store work of each run by calls.
 
-    Every request is read by request_decoder; otherwise the same as the generated
+    Every request is read by request_decoder, and admitted by admission (refused
+    UNAVAILABLE once the server is stopping); otherwise the same as the generated
     add_ImageServiceServicer_to_server.
     """
     handlers = {
         method.name: grpc.unary_unary_rpc_method_handler(
-            _asynchronous(servicer, method.name, calls),
+            _asynchronous(servicer, method.name, calls, admission),
             request_deserializer=request_decoder(getattr(pb, method.input_type.name)),
             response_serializer=getattr(pb, method.output_type.name).SerializeToString,
         )
@@ -75,7 +80,7 @@ def add_to_server(servicer: ImageServicer, server: grpc.aio.Server, calls: Store
 
 
 def _asynchronous(
-    servicer: ImageServicer, name: str, calls: StoreCalls
+    servicer: ImageServicer, name: str, calls: StoreCalls, admission: Admission
 ) -> Callable[[Message | UnreadableRequest, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]:
     """servicer's handler `name` as a coroutine: its refusals become rich statuses."""
     handler = inspect.unwrap(getattr(type(servicer), name))
@@ -83,16 +88,27 @@ def _asynchronous(
     async def handle(
         request: Message | UnreadableRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> Any:
+        if not await admission.enter():
+            rich = rpc_status.to_status(STOPPING)
+            await context.abort(rich.code, rich.details, rich.trailing_metadata)
         try:
             readable = acceptable(request)
             return await calls.run(lambda: handler(servicer, readable, context))
         except Exception as error:  # refusal_status logs what is a bug
             status = refusal_status(error, name)
+        finally:
+            admission.leave()
         rich = rpc_status.to_status(status)
         await context.abort(rich.code, rich.details, rich.trailing_metadata)
 
     handle.__name__ = name
     return handle
+
+
+#: The answer to a call that arrives once the server has stopped admitting calls.
+STOPPING = server_status(
+    code_pb2.UNAVAILABLE, STOPPING_REASON, "The server is shutting down; try another.", 503
+)
 
 
 def abort_with(context: grpc.ServicerContext, status: status_pb2.Status) -> NoReturn:
