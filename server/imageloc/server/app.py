@@ -49,6 +49,8 @@ MAX_REQUEST_BYTES = 4 * 1024 * 1024
 #: then its GOAWAY is on every connection ahead of their answers, so their clients read
 #: it first and send their next calls elsewhere instead of into the closing server.
 GOAWAY_SECONDS = 0.1
+#: The part of the grace period kept for gRPC's stop and the process's end.
+STOP_RESERVE_SECONDS = 0.5
 
 SERVER_OPTIONS: list[tuple[str, int]] = [
     ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
@@ -105,7 +107,10 @@ class Server:
 
     async def _drain(self, deadline: float) -> None:
         self.admission.close()
-        if not await self.admission.settle(deadline=deadline):
+        # Calls still running near the end are cancelled a little before it, so that the
+        # process is gone within the grace period even on a loaded machine.
+        settle_by = deadline - min(STOP_RESERVE_SECONDS, (deadline - time.monotonic()) / 2)
+        if not await self.admission.settle(deadline=settle_by):
             log.warning("calls still in flight at the end of the grace period are cancelled")
         stopping = asyncio.ensure_future(
             self.grpc_server.stop(max(0.0, deadline - time.monotonic()))
