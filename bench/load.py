@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import pathlib
 import random
 import time
 import uuid
@@ -88,9 +89,15 @@ class TimedStub:
     """A stub whose every call carries the clients' deadline and has its latency recorded:
     p50 and p99 are per RPC."""
 
-    def __init__(self, stub: pb_grpc.ImageServiceAsyncStub, latencies: list[float]) -> None:
+    def __init__(
+        self,
+        stub: pb_grpc.ImageServiceAsyncStub,
+        latencies: list[float],
+        metadata: tuple[tuple[str, str], ...] = (),
+    ) -> None:
         self._stub = stub
         self._latencies = latencies
+        self._metadata = metadata or None
 
     def __getattr__(self, name: str) -> Any:
         method = getattr(self._stub, name)
@@ -98,7 +105,7 @@ class TimedStub:
 
         async def timed(request: Any) -> Any:
             started = time.perf_counter()
-            response = await method(request, timeout=deadline)
+            response = await method(request, timeout=deadline, metadata=self._metadata)
             self._latencies.append(time.perf_counter() - started)
             return response
 
@@ -107,14 +114,17 @@ class TimedStub:
 
 async def run(
     *, target: str, workload: str, concurrency: int, seconds: float, channels: int,
-    image_ids: list[str],
+    image_ids: list[str], token: str = "",
 ) -> dict[str, Any]:  # fmt: skip
     opened = [
         grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
         for _ in range(channels)
     ]
     latencies: list[float] = []
-    stubs = [TimedStub(pb_grpc.ImageServiceStub(channel), latencies) for channel in opened]
+    metadata = (("authorization", f"Bearer {token}"),) if token else ()
+    stubs = [
+        TimedStub(pb_grpc.ImageServiceStub(channel), latencies, metadata) for channel in opened
+    ]
     errors: Counter[str] = Counter()
     operations = 0
     stop_at = time.monotonic() + seconds
@@ -163,13 +173,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--channels", type=int, default=4)
     parser.add_argument("--image-ids", required=True, help="a file with one image id per line")
+    parser.add_argument("--token-file", help="a file holding the bearer token every call sends")
     args = parser.parse_args()
+    token = pathlib.Path(args.token_file).read_text().strip() if args.token_file else ""
     with open(args.image_ids) as ids:
         image_ids = [line.strip() for line in ids if line.strip()]
     result = asyncio.run(
         run(
             target=args.target, workload=args.workload, concurrency=args.concurrency,
-            seconds=args.seconds, channels=args.channels, image_ids=image_ids,
+            seconds=args.seconds, channels=args.channels, image_ids=image_ids, token=token,
         )
     )  # fmt: skip
     print(json.dumps(result))

@@ -54,13 +54,17 @@ def processes(commands: list[list[str]], env: dict[str, str]) -> Iterator[list[i
                 process.kill()
 
 
-def load(target: str, workload: str, args: argparse.Namespace, ids_file: str) -> dict[str, Any]:
+def load(
+    target: str, workload: str, args: argparse.Namespace, ids_file: str, token_file: str = ""
+) -> dict[str, Any]:
     """Run the load generator in its own process and return its figures."""
     command = [
         sys.executable, str(HERE / "load.py"), "--target", target, "--workload", workload,
         "--concurrency", str(args.concurrency), "--seconds", str(args.seconds),
         "--channels", str(args.channels), "--image-ids", ids_file,
     ]  # fmt: skip
+    if token_file:
+        command += ["--token-file", token_file]
     done = subprocess.run(
         command, capture_output=True, text=True, check=True, timeout=args.seconds + 60
     )
@@ -68,19 +72,43 @@ def load(target: str, workload: str, args: argparse.Namespace, ids_file: str) ->
     return result
 
 
-def seed(target: str, count: int) -> list[str]:
+def seed(target: str, count: int, token: str = "") -> list[str]:
     """count active images with three locations each, through the API."""
     ids = []
+    metadata = (("authorization", f"Bearer {token}"),) if token else None
     with grpc.insecure_channel(target) as channel:
         stub = pb_grpc.ImageServiceStub(channel)
         for i in range(count):
-            image = stub.CreateImage(
-                pb.CreateImageRequest(name=f"bench-{i}", disk_format="raw", container_format="bare")
-            ).image
+            request = pb.CreateImageRequest(
+                name=f"bench-{i}", disk_format="raw", container_format="bare"
+            )
+            image = stub.CreateImage(request, metadata=metadata).image
             locations = [pb.Location(url=f"{url}?{i}") for url in SEED_URLS]
-            stub.ReplaceLocation(pb.ReplaceLocationRequest(image_id=image.id, locations=locations))
+            replace = pb.ReplaceLocationRequest(image_id=image.id, locations=locations)
+            stub.ReplaceLocation(replace, metadata=metadata)
             ids.append(image.id)
     return ids
+
+
+def dev_credentials(tmp: str) -> tuple[list[str], str]:
+    """`serve` flags for JWT auth with fresh dev keys, and a file with a member's token."""
+    keys = pathlib.Path(tmp, "keys")
+    subprocess.run(
+        [str(IMAGELOC), "auth", "dev-keys", "--out", str(keys)],
+        check=True, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    token = subprocess.run(
+        [str(IMAGELOC), "auth", "dev-token", "--key", str(keys / "private.pem"),
+         "--project", "bench", "--roles", "member,reader", "--ttl", "1h"],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
+    token_file = pathlib.Path(tmp, "token")
+    token_file.write_text(token)
+    flags = [
+        "--auth", "jwt", "--jwks-file", str(keys / "jwks.json"),
+        "--token-issuer", "imageloc-dev", "--token-audience", "imageloc",
+    ]  # fmt: skip
+    return flags, str(token_file)
 
 
 def machine() -> str:
@@ -102,40 +130,66 @@ def throughput(args: argparse.Namespace) -> int:
         ):
             wait_for_port(ceiling_target)
             ceiling = load(ceiling_target, "empty", args, ids_file)
-        database = args.database or f"sqlite:///{tmp}/bench.db"
-        target = args.target or f"127.0.0.1:{free_port()}"
-        servers: list[list[str]] = (
-            []
-            if args.target
-            else [
-                [
-                    str(IMAGELOC),
-                    "serve",
-                    "--listen",
-                    target,
-                    "--drain-seconds",
-                    "0",
-                    "--database",
-                    database,
-                ]
-            ]
-            * args.processes
-        )
-        if servers:  # as an operator would: migrate, then start the servers
-            subprocess.run(
-                [str(IMAGELOC), "db", "upgrade", "--database", database],
-                check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )  # fmt: skip
-        with processes(servers, env) as pids:
-            wait_serving(target)
-            ids = seed(target, args.images)
-            pathlib.Path(ids_file).write_text("\n".join(ids) + "\n")
-            rss_start = [rss_mib(pid) for pid in pids]
-            results = [load(target, workload, args, ids_file) for workload in args.workloads]
-            rss_end = [rss_mib(pid) for pid in pids]
+        runs = {"none": measure(args, tmp, ids_file, env, auth=[], token_file="")}
+        if args.auth == "jwt":
+            flags, token_file = dev_credentials(tmp)
+            runs["jwt"] = measure(args, tmp, ids_file, env, auth=flags, token_file=token_file)
+    results, rss_start, rss_end, database = runs["none"]
     report(args, database, ceiling, results=results, rss_start=rss_start, rss_end=rss_end)
-    errors = sum(sum(r["errors"].values()) for r in results)
+    if "jwt" in runs:
+        report_auth(results, runs["jwt"][0])
+    errors = sum(sum(r["errors"].values()) for run in runs.values() for r in run[0])
     return 1 if errors else 0
+
+
+Measured = tuple[list[dict[str, Any]], list[float | None], list[float | None], str]
+
+
+def measure(
+    args: argparse.Namespace, tmp: str, ids_file: str, env: dict[str, str], *,
+    auth: list[str], token_file: str,
+) -> Measured:  # fmt: skip
+    """Start the servers (with the auth flags), seed them, and run every workload."""
+    label = "jwt" if auth else "none"
+    database = args.database or f"sqlite:///{tmp}/bench-{label}.db"
+    target = args.target or f"127.0.0.1:{free_port()}"
+    server = [
+        str(IMAGELOC), "serve", "--listen", target, "--drain-seconds", "0",
+        "--database", database, "--audit-log", str(pathlib.Path(tmp, f"audit-{label}.log")),
+        *auth,
+    ]  # fmt: skip
+    servers = [] if args.target else [server] * args.processes
+    if servers:  # as an operator would: migrate, then start the servers
+        subprocess.run(
+            [str(IMAGELOC), "db", "upgrade", "--database", database],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+    token = pathlib.Path(token_file).read_text().strip() if token_file else ""
+    with processes(servers, env) as pids:
+        wait_serving(target)
+        ids = seed(target, args.images, token)
+        pathlib.Path(ids_file).write_text("\n".join(ids) + "\n")
+        rss_start = [rss_mib(pid) for pid in pids]
+        results = [
+            load(target, workload, args, ids_file, token_file) for workload in args.workloads
+        ]
+        rss_end = [rss_mib(pid) for pid in pids]
+    return results, rss_start, rss_end, database
+
+
+def report_auth(plain: list[dict[str, Any]], authed: list[dict[str, Any]]) -> None:
+    """Each workload's throughput with JWT auth as a ratio of the same without."""
+    print()
+    print("authentication and authorization (--auth jwt, a member's token) against none:")
+    print()
+    print("| workload | calls/s, auth none | calls/s, auth jwt | jwt / none | p99 ms, jwt |")
+    print("|---|---|---|---|---|")
+    for without, with_auth in zip(plain, authed, strict=True):
+        ratio = with_auth["calls_per_s"] / without["calls_per_s"]
+        print(
+            f"| {without['workload']} | {without['calls_per_s']:,.0f} "
+            f"| {with_auth['calls_per_s']:,.0f} | {ratio:.2f} | {with_auth['p99_ms']:.1f} |"
+        )
 
 
 def wait_for_port(target: str, seconds: float = 30) -> None:
@@ -287,6 +341,12 @@ def main() -> int:
     parser.add_argument("--fast", action="store_true", help="seconds, to prove it works (CI)")
     parser.add_argument("--scale", help="comma-separated store sizes, e.g. 1000,1000000")
     parser.add_argument("--calls", type=int, default=500, help="calls per size with --scale")
+    parser.add_argument(
+        "--auth",
+        choices=("none", "jwt"),
+        default="none",
+        help="jwt: run again with JWT auth and print each workload's ratio to the run without",
+    )
     args = parser.parse_args()
     if args.fast:
         args.seconds, args.images, args.calls = 1.0, 20, 20

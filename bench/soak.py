@@ -361,6 +361,8 @@ def server_for(args: argparse.Namespace) -> Iterator[Server]:
                 "0",
                 "--database",
                 database,
+                "--audit-log",
+                f"{tmp}/audit.log",
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Self
 
+from imageloc.server.domain.access import ListScope, in_scope
 from imageloc.server.domain.model import GONE_STATUSES, Image, ImageStatus
 from imageloc.server.domain.ports import ListCursor, RecordedOutcome, RequestKey
 
@@ -35,7 +36,12 @@ class InMemoryImages:
         return True
 
     def list(
-        self, *, limit: int, after: ListCursor | None, status: ImageStatus | None
+        self,
+        *,
+        limit: int,
+        after: ListCursor | None,
+        status: ImageStatus | None,
+        scope: ListScope | None = None,
     ) -> Sequence[Image]:
         ordered = sorted(self.rows.values(), key=lambda i: (i.created_at, i.id), reverse=True)
         chosen = [
@@ -43,6 +49,7 @@ class InMemoryImages:
             for image in ordered
             if image.status not in GONE_STATUSES
             and (status is None or image.status is status)
+            and (scope is None or in_scope(image, scope))
             and (after is None or (image.created_at, image.id) < after)
         ]
         return chosen[:limit]
@@ -54,13 +61,13 @@ class InMemoryRequests:
     def __init__(self, rows: dict[str, RecordedOutcome]) -> None:
         self.rows = rows
 
-    def find(self, request_id: str) -> RecordedOutcome | None:
-        return self.rows.get(request_id)
+    def find(self, log_id: str) -> RecordedOutcome | None:
+        return self.rows.get(log_id)
 
     def record(self, key: RequestKey, image: Image, *, at: datetime.datetime) -> bool:
-        if key.request_id in self.rows:
+        if key.log_id in self.rows:
             return False
-        self.rows[key.request_id] = RecordedOutcome(key.fingerprint, image)
+        self.rows[key.log_id] = RecordedOutcome(key.fingerprint, image)
         return True
 
 

@@ -46,3 +46,15 @@ def test_only_the_rpc_error_mapping_and_servicer_build_grpc_statuses() -> None:
         if "google.rpc" in " ".join(imported_modules(path))
     )
     assert users == ["errors.py", "servicer.py"]
+
+
+def test_the_method_table_names_every_rpc_once_with_its_request_id() -> None:
+    from imageloc.server.rpc.methods import METHODS
+    from imageloc.v1 import image_service_pb2 as pb
+
+    service = pb.DESCRIPTOR.services_by_name["ImageService"]
+    assert set(METHODS) == {method.name for method in service.methods}
+    for method in service.methods:
+        fields = method.input_type.fields_by_name
+        assert METHODS[method.name].request_id == ("request_id" in fields), method.name
+        assert METHODS[method.name].writes == METHODS[method.name].request_id, method.name

@@ -1,4 +1,4 @@
-"""Channels for service-to-service calls: the shipped service config and keepalive.
+"""Channels for service-to-service calls: the shipped service config, keepalive, credentials.
 
 service_config.json (shipped beside this module, and read by the Node client too) sets
 per-method deadlines and retries UNAVAILABLE. Retrying a mutation is safe only because
@@ -9,7 +9,9 @@ a repeated request_id with the first outcome instead of applying it again.
 from __future__ import annotations
 
 import importlib.resources
+import ipaddress
 import json
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -19,6 +21,9 @@ import grpc
 #: imageloc.server.app), so these never trip its too-many-pings guard.
 KEEPALIVE_TIME_MS = 30_000
 KEEPALIVE_TIMEOUT_MS = 10_000
+
+#: Gives the bearer token of each call; called once per call, so caching is the caller's.
+TokenProvider = Callable[[], str]
 
 
 def service_config() -> dict[str, Any]:
@@ -40,6 +45,79 @@ def channel_options() -> list[tuple[str, Any]]:
     ]
 
 
-def open_channel(target: str) -> grpc.Channel:
-    """An insecure channel to target with the service-to-service defaults."""
-    return grpc.insecure_channel(target, options=channel_options())
+def open_channel(
+    target: str, *, credentials: grpc.ChannelCredentials | None = None
+) -> grpc.Channel:
+    """A channel to target with the service-to-service defaults: TLS with credentials."""
+    if credentials is None:
+        return grpc.insecure_channel(target, options=channel_options())
+    return grpc.secure_channel(target, credentials, options=channel_options())
+
+
+def tls_credentials(
+    *,
+    root_certificates: bytes | None = None,
+    certificate_chain: bytes | None = None,
+    private_key: bytes | None = None,
+    credentials: grpc.ChannelCredentials | None = None,
+    token_provider: TokenProvider | None = None,
+) -> grpc.ChannelCredentials:
+    """TLS channel credentials (PEM bytes; no root: the system's), with the token if given.
+
+    `credentials`, a ready grpc.ChannelCredentials, replaces the three PEM arguments.
+    """
+    if (certificate_chain is None) != (private_key is None):
+        raise ValueError("certificate_chain and private_key go together")
+    if credentials is None:
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=root_certificates,
+            private_key=private_key,
+            certificate_chain=certificate_chain,
+        )
+    elif root_certificates is not None or certificate_chain is not None:
+        raise ValueError("give credentials or PEM certificates and keys, not both")
+    if token_provider is None:
+        return credentials
+    return grpc.composite_channel_credentials(credentials, token_call_credentials(token_provider))
+
+
+def bearer_metadata(token: str) -> tuple[tuple[str, str]]:
+    """The call metadata that carries token."""
+    return (("authorization", f"Bearer {token}"),)
+
+
+def token_call_credentials(token_provider: TokenProvider) -> grpc.CallCredentials:
+    """Call credentials that ask token_provider for each call's token (TLS channels only)."""
+    return grpc.metadata_call_credentials(_BearerToken(token_provider), name="imageloc-bearer")
+
+
+class _BearerToken(grpc.AuthMetadataPlugin):
+    def __init__(self, token_provider: TokenProvider) -> None:
+        self._token_provider = token_provider
+
+    def __call__(
+        self, context: grpc.AuthMetadataContext, callback: grpc.AuthMetadataPluginCallback
+    ) -> None:
+        try:
+            token = self._token_provider()
+        except Exception as error:  # the call fails with it; grpc's thread must not
+            callback((), error)
+            return
+        callback(bearer_metadata(token), None)
+
+
+def is_loopback(target: str) -> bool:
+    """Whether target ("host:port", "[::1]:port", "unix:...", "ipv4:...") stays on this host."""
+    if target.startswith(("unix:", "unix-abstract:")):
+        return True
+    host = target.rsplit("///", maxsplit=1)[-1].removeprefix("ipv4:").removeprefix("ipv6:")
+    if host.startswith("["):
+        host = host[1:].partition("]")[0]
+    elif host.count(":") == 1:
+        host = host.partition(":")[0]
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

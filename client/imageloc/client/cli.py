@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from itertools import islice
 from typing import Any
 
-from imageloc.client import output, server_commands
+from imageloc.client import auth_commands, output, server_commands
 from imageloc.client.client import DEFAULT_TARGET, ImageClient
 from imageloc.client.convert import STATUS_WORDS, VISIBILITY_WORDS, to_locations
 from imageloc.client.errors import ImagelocError
@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
     if args.command in server_commands.COMMANDS:
         return server_commands.run(args)
+    if args.command in auth_commands.COMMANDS:
+        return auth_commands.run(args)
     return _call_server(args)
 
 
@@ -63,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_client_options(parser, defaults=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     server_commands.add_commands(commands)
+    auth_commands.add_commands(commands)
     common = argparse.ArgumentParser(add_help=False)
     _add_client_options(common, defaults=False)
     image = commands.add_parser("image", help="Create, show, list, delete images; move status.")
@@ -76,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_client_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
-    """--server, --json, --timeout: with defaults on the top parser, suppressed on verbs.
+    """--server, --json, --timeout and the credentials: with defaults on the top parser,
+    suppressed on verbs.
 
     Verbs repeat them so they may follow the verb; a suppressed default keeps the
     top parser's value when the verb does not set them.
@@ -101,6 +105,22 @@ def _add_client_options(parser: argparse.ArgumentParser, *, defaults: bool) -> N
         default=None if defaults else unset,
         help="deadline of each call in seconds (default: the service config's, 5-10 s)",
     )
+    for flag, variable, metavar, help_text in _CREDENTIAL_OPTIONS:
+        parser.add_argument(
+            flag,
+            metavar=metavar,
+            default=(os.environ.get(variable) or None) if defaults else unset,
+            help=f"{help_text} (default: ${variable})",
+        )
+
+
+#: The credential options of client commands: (flag, variable, metavar, help).
+_CREDENTIAL_OPTIONS = (
+    ("--token", "IMAGELOC_TOKEN", "JWT", "bearer token for every call; prefer the variable"),
+    ("--ca-cert", "IMAGELOC_CA_CERT", "PEM", "use TLS, trusting this CA (PEM file)"),
+    ("--cert", "IMAGELOC_CERT", "PEM", "use TLS with this client certificate (PEM file)"),
+    ("--key", "IMAGELOC_KEY", "PEM", "the private key of --cert (PEM file)"),
+)
 
 
 def _add_image_verbs(
@@ -261,7 +281,12 @@ def _json_locations(text: str) -> list[pb.Location]:
 def _call_server(args: argparse.Namespace) -> int:
     """Run a client verb and print its result, or the refusal on stderr."""
     try:
-        with ImageClient(args.server, timeout=args.timeout) as client:
+        client = _open_client(args)
+    except (OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        with client:
             result = args.action(client, args)
     except ImagelocError as error:
         shown = (
@@ -271,6 +296,38 @@ def _call_server(args: argparse.Namespace) -> int:
         return EXIT_REFUSED
     print(_render(result, view=args.view, as_json=args.json))
     return EXIT_OK
+
+
+def _open_client(args: argparse.Namespace) -> ImageClient:
+    """The client the connection options describe; OSError or ValueError when they do not fit.
+
+    Any of --ca-cert, --cert and --key makes the channel TLS (no --ca-cert: the system's roots).
+    """
+    root, chain, key = (
+        _read_file(path, flag=flag)
+        for path, flag in ((args.ca_cert, "--ca-cert"), (args.cert, "--cert"), (args.key, "--key"))
+    )
+    if (chain is None) != (key is None):
+        raise ValueError("--cert and --key go together")
+    return ImageClient(
+        args.server,
+        timeout=args.timeout,
+        token=args.token,
+        root_certificates=root,
+        certificate_chain=chain,
+        private_key=key,
+    )
+
+
+def _read_file(path: str | None, *, flag: str) -> bytes | None:
+    """The bytes of the file a flag names; None without one."""
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as file:
+            return file.read()
+    except OSError as error:
+        raise OSError(f"cannot read {flag} {path}: {error.strerror}") from None
 
 
 def _render(result: Result, *, view: str, as_json: bool) -> str:

@@ -7,14 +7,14 @@ raises ImagelocError when the server refuses.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import Message
 
-from imageloc.client.channel import open_channel
+from imageloc.client.channel import bearer_metadata, is_loopback, open_channel, tls_credentials
 from imageloc.client.convert import (
     LocationLike,
     MetadataLike,
@@ -33,6 +33,7 @@ from imageloc.v1 import image_service_pb2_grpc as pb_grpc
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 
+
 _Request = TypeVar("_Request", bound=Message)
 _Response = TypeVar("_Response", bound=Message)
 
@@ -44,6 +45,13 @@ class ImageClient:
     the shipped service config (per-method deadlines, retries of safe calls) and
     keepalive; or `channel` to use one you own. `timeout`, when given, is the
     deadline of each call in seconds, instead of the service config's.
+
+    The channel is TLS when any of `root_certificates` (PEM; None trusts the system's
+    roots), `certificate_chain` and `private_key` (PEM, a client certificate for mTLS) or
+    `credentials` (ready grpc.ChannelCredentials) is given, else plaintext. `token` is
+    sent as `authorization: Bearer <token>` with every call; `token_provider` instead is
+    called for every call, so it can refresh the token (and should cache it: it runs once
+    per call and per retry). Over plaintext a token is sent only to a loopback target.
     """
 
     def __init__(
@@ -52,11 +60,43 @@ class ImageClient:
         *,
         timeout: float | None = None,
         channel: grpc.Channel | None = None,
+        token: str | None = None,
+        token_provider: Callable[[], str] | None = None,
+        root_certificates: bytes | None = None,
+        certificate_chain: bytes | None = None,
+        private_key: bytes | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
+        if token is not None and token_provider is not None:
+            raise ValueError("give token or token_provider, not both")
+        provider = token_provider if token is None else _fixed(token)
+        pems = (root_certificates, certificate_chain, private_key)
+        tls = credentials is not None or any(pem is not None for pem in pems)
+        if channel is not None and tls:
+            raise ValueError("give a channel or TLS credentials for a new one, not both")
         self.target = target
         self.timeout = timeout
         self._owns_channel = channel is None
-        self._channel = open_channel(target) if channel is None else channel
+        # grpc sends call credentials only over TLS: elsewhere the token is call metadata.
+        self._token_provider = None if tls else provider
+        if channel is None and tls:
+            channel = open_channel(
+                target,
+                credentials=tls_credentials(
+                    root_certificates=root_certificates,
+                    certificate_chain=certificate_chain,
+                    private_key=private_key,
+                    credentials=credentials,
+                    token_provider=provider,
+                ),
+            )
+        elif channel is None:
+            if provider is not None and not is_loopback(target):
+                raise ValueError(
+                    f"a token goes in plaintext only to a loopback server, not to {target}: use TLS"
+                )
+            channel = open_channel(target)
+        self._channel = channel
         self._stub = pb_grpc.ImageServiceStub(self._channel)
 
     def __enter__(self) -> ImageClient:
@@ -86,8 +126,10 @@ class ImageClient:
         mutation: Any = request  # a message with a request_id field, when it is a mutation
         if "request_id" in request.DESCRIPTOR.fields_by_name and not mutation.request_id:
             mutation.request_id = str(uuid.uuid4())
+        provider = self._token_provider
+        metadata = None if provider is None else bearer_metadata(provider())
         try:
-            return method(request, timeout=self.timeout)
+            return method(request, timeout=self.timeout, metadata=metadata)
         except grpc.RpcError as err:
             raise from_rpc_error(err) from err
 
@@ -257,3 +299,8 @@ class ImageClient:
             etag=etag,
         )
         return self._call(self._stub.ReplaceLocation, request).image
+
+
+def _fixed(token: str) -> Callable[[], str]:
+    """A token provider that always gives token."""
+    return lambda: token

@@ -19,8 +19,9 @@ class ImagelocError(Exception):
 
     `reason` is the ErrorInfo reason ("" when the status carries no ErrorInfo, as
     for transport failures); `http_status` is the status Glance answers for the
-    same refusal; `violations` are the BadRequest, PreconditionFailure and
-    QuotaFailure entries, one readable line each.
+    same refusal; `metadata` is the ErrorInfo's metadata (e.g. `cause` of an
+    UNAUTHENTICATED refusal); `violations` are the BadRequest, PreconditionFailure
+    and QuotaFailure entries, one readable line each.
     """
 
     def __init__(
@@ -48,6 +49,11 @@ class ImagelocError(Exception):
         """The httpStatus metadata as an int, None when absent or not a number."""
         text = self.metadata.get("httpStatus", "")
         return int(text) if text.isdigit() else None
+
+    @property
+    def cause(self) -> str:
+        """Why credentials were refused (the `cause` metadata: expired, missing, ...), or ""."""
+        return self.metadata.get("cause", "")
 
     @property
     def code_name(self) -> str:

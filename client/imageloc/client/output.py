@@ -83,10 +83,16 @@ def image_line(image: pb.Image) -> str:
 
 
 def error_text(error: ImagelocError, *, server: str) -> str:
-    """A refusal as "error: CODE REASON (HTTP n): message" and its metadata and violations."""
+    """A refusal as "error: CODE REASON (HTTP n): message" and its metadata and violations.
+
+    An authentication refusal reads "error: UNAUTHENTICATED (cause: expired): message".
+    """
     if not error.reason and error.code.name in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
         return f"error: cannot reach the imageloc server at {server}: {error}"
-    lines = [f"error: {error}"]
+    head = str(error)
+    if error.reason == "UNAUTHENTICATED" and error.cause:
+        head = f"{error.code_name} (cause: {error.cause}): {error.message}"
+    lines = [f"error: {head}"]
     lines += [f"  {key}: {value}" for key, value in sorted(error.metadata.items())]
     lines += [f"  violation: {violation}" for violation in error.violations]
     return "\n".join(lines)

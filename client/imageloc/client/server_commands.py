@@ -57,6 +57,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="S",
         help="the longest a stop takes, drain included ($IMAGELOC_GRACE_SECONDS)",
     )
+    _add_security(serve)
     db = commands.add_parser(
         "db",
         help="Migrate the database schema.",
@@ -68,17 +69,62 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     _add_database(verbs.add_parser("current", help="Print the schema revision in use."))
 
 
+#: `serve`'s security flags: (flag, metavar, help); each reads IMAGELOC_<FLAG> too.
+SECURITY_FLAGS = (
+    ("--auth", "none|jwt", "who may call: none (loopback only) or jwt bearer tokens"),
+    ("--jwks-file", "PATH", "the token signing keys (JWKS), re-read when the file changes"),
+    ("--jwks-url", "URL", "the token signing keys (JWKS), fetched and cached"),
+    ("--token-issuer", "ISS", "the tokens' required iss"),
+    ("--token-audience", "AUD", "the tokens' required aud"),
+    ("--project-claim", "CLAIM", "the claim (or dotted path) of the caller's project"),
+    ("--roles-claim", "CLAIM", "the claim (or dotted path) of the caller's roles"),
+    ("--implied-roles", "a:b,b:c", "role implications; empty turns them off"),
+    ("--tls-cert", "PEM", "serve TLS with this certificate chain"),
+    ("--tls-key", "PEM", "the private key of --tls-cert"),
+    ("--tls-client-ca", "PEM", "require client certificates signed by this CA (mTLS)"),
+    ("--policy-file", "PATH", "oslo.policy YAML or JSON overriding Glance's default rules"),
+    ("--audit-log", "PATH", "where the audit log goes (default standard error)"),
+)
+
+
+def _add_security(serve: argparse.ArgumentParser) -> None:
+    for flag, metavar, help_text in SECURITY_FLAGS:
+        variable = "IMAGELOC_" + flag[2:].upper().replace("-", "_")
+        serve.add_argument(flag, metavar=metavar, help=f"{help_text} (${variable})")
+    serve.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        default=None,
+        help="allow --auth none on a non-loopback address ($IMAGELOC_ALLOW_UNAUTHENTICATED)",
+    )
+    serve.add_argument(
+        "--service-identity",
+        action="append",
+        metavar="ID",
+        help="a client certificate identity (URI or DNS SAN) that is a service; repeatable"
+        " ($IMAGELOC_SERVICE_IDENTITY, comma-separated)",
+    )
+
+
 def _add_database(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--database", metavar="URL", help="SQLAlchemy URL ($IMAGELOC_DATABASE)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run `serve` or `db VERB`; returns the exit status."""
+    from imageloc.server.config import ConfigError
+
     try:
         settings = _settings(args)
     except ValueError as err:
         print(f"error: bad IMAGELOC_* setting: {err}", file=sys.stderr)
         return EXIT_USAGE
+    if args.command == "serve":
+        try:
+            settings.check()
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return EXIT_USAGE
     from imageloc.server.domain.ports import StoreUnavailableError
     from imageloc.server.store import SchemaMismatchError
 
@@ -89,6 +135,9 @@ def run(args: argparse.Namespace) -> int:
             serve(settings)
         else:
             _run_db(args.verb, settings.database_url)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
     except SchemaMismatchError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_REFUSED
@@ -116,6 +165,14 @@ def _settings(args: argparse.Namespace) -> Settings:
             "location_schemes": (
                 None if args.location_schemes is None else parse_schemes(args.location_schemes)
             ),
+            "allow_unauthenticated": args.allow_unauthenticated,
+            "service_identities": (
+                None if args.service_identity is None else frozenset(args.service_identity)
+            ),
+        }
+        flags |= {
+            flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_"))
+            for flag, _, _ in SECURITY_FLAGS
         }
     return dataclasses.replace(
         Settings.from_env(), **{name: value for name, value in flags.items() if value is not None}

@@ -28,11 +28,25 @@ import { ServiceConfig, serviceConfigInterceptor } from "./service-config.js";
 /** HTTP/2 keepalive, as the Python client: the server accepts pings every >= 10 s. */
 export const KEEPALIVE = { pingIntervalMs: 30_000, pingTimeoutMs: 10_000, pingIdleConnection: true } as const;
 
+/** TLS for an https:// target: PEM text or bytes, as node:tls takes them. */
+export interface TlsOptions {
+  /** The CA certificates that sign the server's certificate (default: the system's). */
+  ca?: string | Buffer;
+  /** A client certificate chain, for servers that require mTLS. */
+  cert?: string | Buffer;
+  /** The private key of cert. */
+  key?: string | Buffer;
+}
+
 export interface ImageClientOptions {
   /** Defaults to the shipped client/imageloc/client/service_config.json. */
   serviceConfig?: ServiceConfig;
   /** Run inside the service-config interceptor, so once per attempt. */
   interceptors?: Interceptor[];
+  /** A bearer token, or a function asked for one on every call (to refresh it). */
+  token?: string | (() => string | Promise<string>);
+  /** TLS options; given, the target is reached over TLS ("host:port" becomes https://). */
+  tls?: TlsOptions;
 }
 
 type Init<T extends DescMessage> = MessageInitShape<T>;
@@ -41,14 +55,24 @@ export class ImageClient {
   private readonly session: Http2SessionManager;
   private readonly rpc: Client<typeof ImageService>;
 
-  /** target is "host:port" (plaintext) or a URL such as "http://127.0.0.1:50051". */
+  /**
+   * target is "host:port" (plaintext, or TLS when options.tls is given) or a URL such as
+   * "http://127.0.0.1:50051" or "https://imageloc.example:50051".
+   */
   constructor(target: string, options: ImageClientOptions = {}) {
-    const baseUrl = target.includes("://") ? target : `http://${target}`;
-    this.session = new Http2SessionManager(baseUrl, KEEPALIVE);
+    const scheme = options.tls ? "https" : "http";
+    const baseUrl = target.includes("://") ? target : `${scheme}://${target}`;
+    this.session = new Http2SessionManager(baseUrl, KEEPALIVE, options.tls ? { ...options.tls } : undefined);
+    const token = options.token;
+    const credentials: Interceptor[] = token === undefined ? [] : [bearer(token)];
     const transport = createGrpcTransport({
       baseUrl,
       sessionManager: this.session,
-      interceptors: [serviceConfigInterceptor(options.serviceConfig ?? ServiceConfig.load()), ...(options.interceptors ?? [])],
+      interceptors: [
+        serviceConfigInterceptor(options.serviceConfig ?? ServiceConfig.load()),
+        ...credentials,
+        ...(options.interceptors ?? []),
+      ],
     });
     this.rpc = createClient(ImageService, transport);
   }
@@ -120,6 +144,15 @@ export class ImageClient {
   replaceLocations(req: Init<typeof ReplaceLocationRequestSchema>, opt?: CallOptions): Promise<Image> {
     return image(this.rpc.replaceLocation(withRequestId(req), opt));
   }
+}
+
+/** Sends `authorization: Bearer <token>` on every attempt, asking a token function each time. */
+function bearer(token: string | (() => string | Promise<string>)): Interceptor {
+  return (next) => async (req) => {
+    const value = typeof token === "string" ? token : await token();
+    req.header.set("authorization", `Bearer ${value}`);
+    return next(req);
+  };
 }
 
 /**

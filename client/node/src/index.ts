@@ -1,6 +1,6 @@
 // The imageloc Node client: ImageClient, ImagelocError, the service config, and
 // the generated messages and enums (Image, ImageStatus, ...).
-export { ImageClient, KEEPALIVE, type ImageClientOptions } from "./client.js";
+export { ImageClient, KEEPALIVE, type ImageClientOptions, type TlsOptions } from "./client.js";
 export { ERROR_DOMAIN, ImagelocError } from "./errors.js";
 export { SERVICE_CONFIG_PATH, ServiceConfig, serviceConfigInterceptor, type MethodPolicy } from "./service-config.js";
 export * from "../../../generated/ts/imageloc/v1/image_service_pb.js";

@@ -1,8 +1,8 @@
 // Tests the Node client against a real imageloc server (started here on a free port with a
 // temp SQLite file), and the service-config interceptor against dead and silent ports.
 import assert from "node:assert/strict";
-import { type ChildProcess, spawn } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -205,6 +205,104 @@ describe("service config interceptor", () => {
       client.close();
       for (const sock of sockets) sock.destroy();
       silent.close();
+    }
+  });
+});
+
+/** Runs a program of the repo's virtualenv (python, imageloc); returns its stdout. */
+function venv(program: string, args: string[]): string {
+  const done = spawnSync(path.join(REPO_ROOT, ".venv", "bin", program), args, { cwd: REPO_ROOT, encoding: "utf8" });
+  if (done.status !== 0) throw new Error(`${program} ${args.join(" ")} failed:\n${done.stderr}`);
+  return done.stdout;
+}
+
+/** A CA, a server certificate for 127.0.0.1 and a client certificate, written into dir by trustme. */
+function makeCertificates(dir: string): void {
+  venv("python", [
+    "-c",
+    [
+      "import sys, trustme",
+      "ca = trustme.CA()",
+      "d = sys.argv[1]",
+      "ca.cert_pem.write_to_path(d + '/ca.pem')",
+      "server = ca.issue_cert('127.0.0.1', 'localhost')",
+      "server.private_key_and_cert_chain_pem.write_to_path(d + '/server.pem')",
+      "server.private_key_pem.write_to_path(d + '/server.key')",
+      "client = ca.issue_cert('node-client.example')",
+      "client.cert_chain_pems[0].write_to_path(d + '/client.pem')",
+      "client.private_key_pem.write_to_path(d + '/client.key')",
+    ].join("\n"),
+    dir,
+  ]);
+}
+
+describe("ImageClient against imageloc serve with mTLS and JWT auth", () => {
+  let server: ChildProcess;
+  let dir: string;
+  let port: number;
+  let token: string;
+  let tls: { ca: Buffer; cert: Buffer; key: Buffer };
+
+  before(async () => {
+    dir = mkdtempSync(path.join(tmpdir(), "imageloc-node-tls-"));
+    makeCertificates(dir);
+    venv("imageloc", ["auth", "dev-keys", "--out", path.join(dir, "keys")]);
+    token = venv("imageloc", [
+      "auth", "dev-token", "--key", path.join(dir, "keys", "private.pem"),
+      "--project", "p1", "--roles", "member,reader", "--sub", "node",
+    ]).trim();
+    tls = { ca: readFileSync(path.join(dir, "ca.pem")), cert: readFileSync(path.join(dir, "client.pem")), key: readFileSync(path.join(dir, "client.key")) };
+    port = await freePort();
+    let log = "";
+    server = spawn(
+      SERVER_BIN,
+      [
+        "serve", "--listen", `127.0.0.1:${port}`, "--drain-seconds", "0", "--database", `sqlite:///${path.join(dir, "x.db")}`,
+        "--tls-cert", path.join(dir, "server.pem"), "--tls-key", path.join(dir, "server.key"), "--tls-client-ca", path.join(dir, "ca.pem"),
+        "--auth", "jwt", "--jwks-file", path.join(dir, "keys", "jwks.json"), "--token-issuer", "imageloc-dev", "--token-audience", "imageloc",
+        "--audit-log", path.join(dir, "audit.log"),
+      ],
+      { cwd: REPO_ROOT, stdio: ["ignore", "pipe", "pipe"] },
+    );
+    server.stdout?.on("data", (d: Buffer) => (log += d.toString()));
+    server.stderr?.on("data", (d: Buffer) => (log += d.toString()));
+    await waitForPort(port, server, () => log);
+  });
+
+  after(async () => {
+    if (server && server.exitCode === null) {
+      const exited = new Promise((resolve) => server.once("exit", resolve));
+      server.kill("SIGTERM");
+      await exited;
+    }
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  test("a token over TLS creates an image owned by the token's project, with its locations shown", async () => {
+    let asked = 0;
+    const client = new ImageClient(`127.0.0.1:${port}`, { tls, token: () => (asked++, token) });
+    try {
+      const created = await client.createImage({ name: "cirros", diskFormat: "qcow2", containerFormat: "bare" });
+      assert.equal(created.owner, "p1");
+      const active = await client.addLocation({ imageId: created.id, location: { url: URL_A } });
+      assert.deepEqual(active.locations.map((l) => l.url), [URL_A]);
+      assert.equal(active.locationsHidden, false);
+      assert.ok(asked >= 2, "the token function is asked on every call");
+    } finally {
+      client.close();
+    }
+  });
+
+  test("a call without a token is refused UNAUTHENTICATED with its cause", async () => {
+    const client = new ImageClient(`127.0.0.1:${port}`, { tls });
+    try {
+      const err = await refusal(() => client.getImage({ imageId: "00000000-0000-4000-8000-000000000000" }));
+      assert.equal(err.code, Code.Unauthenticated);
+      assert.equal(err.reason, "UNAUTHENTICATED");
+      assert.equal(err.metadata.cause, "missing");
+      assert.equal(err.metadata.httpStatus, "401");
+    } finally {
+      client.close();
     }
   });
 });

@@ -21,6 +21,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from imageloc.server.auth.security import Security
 from imageloc.server.config import Settings
 from imageloc.server.event_loop import LoopThread
 from imageloc.server.maintenance import Maintenance
@@ -41,6 +42,11 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ImageService"].full_name
 #: ping every 30 s (imageloc.client.channel), well above it.
 SERVER_MIN_PING_INTERVAL_MS = 10_000
 
+#: The most request metadata (headers) the server reads; gRPC's default is 8 KiB. Raised so
+#: that a token over the 8 KiB that authentication takes is refused UNAUTHENTICATED with a
+#: cause, not RESOURCE_EXHAUSTED by gRPC before any of our code runs.
+MAX_METADATA_BYTES = 16 * 1024
+
 #: The largest request the server reads. gRPC refuses a larger one itself, before any of
 #: our code runs: RESOURCE_EXHAUSTED without an ErrorInfo.
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
@@ -54,6 +60,8 @@ STOP_RESERVE_SECONDS = 0.5
 
 SERVER_OPTIONS: list[tuple[str, int]] = [
     ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+    ("grpc.max_metadata_size", MAX_METADATA_BYTES),
+    ("grpc.absolute_max_metadata_size", 2 * MAX_METADATA_BYTES),
     ("grpc.keepalive_time_ms", 60_000),
     ("grpc.keepalive_timeout_ms", 20_000),
     ("grpc.keepalive_permit_without_calls", 1),
@@ -127,6 +135,7 @@ def build_server(settings: Settings) -> Server:
     a writer's lock is waited for by retrying, and the writes of one loop turn commit
     together. On PostgreSQL calls run on max_workers threads.
     """
+    security = Security.from_settings(settings)
     store = SqlStore(settings.database_url, event_loop=is_embedded(settings.database_url))
     try:
         if store.is_embedded:
@@ -148,7 +157,14 @@ def build_server(settings: Settings) -> Server:
     )
     loop = LoopThread("imageloc-server")
     try:
-        server, health_servicer, admission, port = loop.run(_grpc_server(settings, service, calls))
+        server, health_servicer, admission, port = loop.run(
+            _grpc_server(
+                settings,
+                ImageServicer(service, security.authority, security.audit),
+                calls,
+                security.credentials,
+            )
+        )
     except BaseException:
         loop.close()
         calls.close()
@@ -176,18 +192,25 @@ def build_server(settings: Settings) -> Server:
 
 
 async def _grpc_server(
-    settings: Settings, service: ImageService, calls: StoreCalls
+    settings: Settings,
+    servicer: ImageServicer,
+    calls: StoreCalls,
+    credentials: grpc.ServerCredentials | None,
 ) -> tuple[grpc.aio.Server, DrainingHealth, Admission, int]:
-    """The grpc.aio server, built on the loop that will run it."""
+    """The grpc.aio server, built on the loop that will run it; TLS with credentials."""
     server = grpc.aio.server(options=SERVER_OPTIONS)
     admission = Admission()
-    add_to_server(ImageServicer(service), server, calls, admission)
+    add_to_server(servicer, server, calls, admission)
     health_servicer = DrainingHealth(admission)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(settings.listen)
+    port = (
+        server.add_insecure_port(settings.listen)
+        if credentials is None
+        else server.add_secure_port(settings.listen, credentials)
+    )
     if port == 0:
         raise OSError(f"cannot listen on {settings.listen}")
     return server, health_servicer, admission, port

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from collections.abc import Mapping
 
 from imageloc.server.domain.policy import DEFAULT_SCHEMES, LocationPolicy
+
+
+class ConfigError(ValueError):
+    """A setting that does not work (a file that does not load...): the server cannot start."""
+
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_DATABASE = "sqlite:///imageloc.db"
@@ -27,6 +33,43 @@ class Settings:
     max_workers: int = 8
     health_check_seconds: float = 2.0
     request_retention_seconds: float = 86_400.0
+    # Who may call (docs/security.md).
+    auth: str = "none"
+    allow_unauthenticated: bool = False
+    jwks_file: str = ""
+    jwks_url: str = ""
+    token_issuer: str = ""
+    token_audience: str = ""
+    project_claim: str = "project_id"
+    roles_claim: str = "roles"
+    implied_roles: str = "admin:member,member:reader"
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    service_identities: frozenset[str] = frozenset()
+    policy_file: str = ""
+    audit_log: str = ""
+
+    def check(self) -> None:
+        """Refuse settings that cannot serve safely; ValueError says why, in one line."""
+        if self.auth not in AUTH_MODES:
+            raise ValueError(f"--auth must be one of {', '.join(AUTH_MODES)}, not {self.auth!r}")
+        if self.auth == "none" and not self.allow_unauthenticated and not is_loopback(self.listen):
+            raise ValueError(
+                f"--auth none lets any caller do anything, so it serves only on a loopback"
+                f" address, not {self.listen}: use --auth jwt, or --allow-unauthenticated"
+            )
+        if self.auth == "jwt":
+            if bool(self.jwks_file) == bool(self.jwks_url):
+                raise ValueError("--auth jwt needs exactly one of --jwks-file and --jwks-url")
+            if not self.token_issuer or not self.token_audience:
+                raise ValueError("--auth jwt needs --token-issuer and --token-audience")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("--tls-cert and --tls-key go together")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+        if self.service_identities and not self.tls_client_ca:
+            raise ValueError("--service-identity needs client certificates: add --tls-client-ca")
 
     @property
     def location_policy(self) -> LocationPolicy:
@@ -59,7 +102,37 @@ class Settings:
             request_retention_seconds=float(
                 env.get("IMAGELOC_REQUEST_RETENTION_SECONDS", base.request_retention_seconds)
             ),
+            auth=env.get("IMAGELOC_AUTH", base.auth),
+            allow_unauthenticated=parse_bool(env.get("IMAGELOC_ALLOW_UNAUTHENTICATED", "false")),
+            service_identities=parse_list(env.get("IMAGELOC_SERVICE_IDENTITY", "")),
+            **{name: env.get(f"IMAGELOC_{name.upper()}", getattr(base, name)) for name in PATHS},
         )
+
+
+#: The values of --auth.
+AUTH_MODES = ("none", "jwt")
+
+#: Text settings read as they are from IMAGELOC_<NAME> (--jwks-file is IMAGELOC_JWKS_FILE).
+PATHS = (
+    "jwks_file", "jwks_url", "token_issuer", "token_audience", "project_claim", "roles_claim",
+    "implied_roles", "tls_cert", "tls_key", "tls_client_ca", "policy_file", "audit_log",
+)  # fmt: skip
+
+
+def is_loopback(listen: str) -> bool:
+    """Whether host:port listens on a loopback address only (localhost, 127.0.0.0/8, ::1)."""
+    host = listen.rsplit(":", 1)[0].strip("[]") if ":" in listen else listen
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_list(text: str) -> frozenset[str]:
+    """A comma-separated list, its items stripped, empty ones dropped."""
+    return frozenset(part.strip() for part in text.split(",") if part.strip())
 
 
 def parse_bool(text: str) -> bool:

@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable, Sequence
 
 from imageloc.server.domain import inputs, locations, status
+from imageloc.server.domain.access import UNRESTRICTED, CallerAccess
 from imageloc.server.domain.errors import DomainError, Reason
 from imageloc.server.domain.model import (
     GONE_STATUSES,
@@ -82,6 +83,7 @@ class ImageService:
         clock: Callable[[], datetime.datetime] = utc_now,
         deadline: float | None = None,
         request: RequestKey | None = None,
+        access: CallerAccess = UNRESTRICTED,
     ) -> None:
         self._uow = unit_of_work
         self._policy = policy
@@ -89,18 +91,24 @@ class ImageService:
         self._clock = clock
         self._deadline = deadline
         self._request = request
+        self._access = access
 
     def for_call(
-        self, *, seconds_left: float | None = None, request: RequestKey | None = None
+        self,
+        *,
+        seconds_left: float | None = None,
+        request: RequestKey | None = None,
+        access: CallerAccess = UNRESTRICTED,
     ) -> ImageService:
         """This service for one call.
 
         seconds_left bounds it: a write that loses a race is decided again until then.
         request makes a mutation idempotent: a repeat of it answers the first outcome.
+        access is what the caller may do: every operation asks it before acting.
         """
         if seconds_left is not None and seconds_left > NO_DEADLINE_SECONDS:
             seconds_left = None  # gRPC reports "no deadline" as a huge time remaining
-        if seconds_left is None and request is None:
+        if seconds_left is None and request is None and access is UNRESTRICTED:
             return self
         if request is not None:
             inputs.parse_image_id(request.request_id, field="request_id")
@@ -111,6 +119,7 @@ class ImageService:
             clock=self._clock,
             deadline=None if seconds_left is None else time.monotonic() + seconds_left,
             request=request,
+            access=access,
         )
 
     # Reads
@@ -119,17 +128,33 @@ class ImageService:
         """The image, unless unknown, deleted or pending_delete."""
         image_id = inputs.parse_image_id(image_id)
         with self._uow(for_write=False, deadline=self._deadline) as uow:
-            return _visible(uow.images.get(image_id), image_id)
+            image = _visible(uow.images.get(image_id), image_id)
+        self._access.authorize(image)
+        return image
 
-    def list_images(self, *, page_size: int, page_token: str, status: ImageStatus | None) -> Page:
-        """A page of images, newest first, with the token of the next page."""
+    def list_images(
+        self,
+        *,
+        page_size: int,
+        page_token: str,
+        status: ImageStatus | None,
+        visibility: Visibility | None = None,
+    ) -> Page:
+        """A page of the images the caller may see, newest first, with the next page's token.
+
+        The store filters by the caller's scope; each image of the page is then asked of
+        the caller's policy, so a page may hold fewer images than the store found (the
+        next page's token follows the store's page, as Glance's next marker does).
+        """
         limit = inputs.page_size(page_size)
-        after = _decode_page_token(page_token, status) if page_token else None
+        filters = ListFilters(status=status, visibility=visibility)
+        after = _decode_page_token(page_token, filters) if page_token else None
+        scope = self._access.listing(visibility)
         with self._uow(for_write=False, deadline=self._deadline) as uow:
-            found = list(uow.images.list(limit=limit + 1, after=after, status=status))
-        images = found[:limit]
-        more = len(found) > limit
-        token = page_token_after(images[-1], status) if more else ""
+            found = list(uow.images.list(limit=limit + 1, after=after, status=status, scope=scope))
+        page = found[:limit]
+        token = page_token_after(page[-1], filters) if len(found) > limit else ""
+        images = [image for image in page if self._access.may_see(image)]
         return Page(images=images, next_page_token=token)
 
     # Creation and deletion
@@ -143,12 +168,19 @@ class ImageService:
         visibility: Visibility = Visibility.PRIVATE,
         protected: bool = False,
         image_id: str | None = None,
+        owner: str | None = None,
     ) -> Image:
-        """A new queued image; IMAGE_EXISTS when the id is taken, even by a deleted one."""
+        """A new queued image; IMAGE_EXISTS when the id is taken, even by a deleted one.
+
+        owner None: the caller's project owns it.
+        """
         new_id = (
             str(uuid.uuid4()) if image_id is None else inputs.parse_image_id(image_id, field="id")
         )
         inputs.check_name(name)
+        if owner is not None:
+            inputs.check_owner(owner)
+        owner = self._access.owner_of_new_image(owner=owner, visibility=visibility)
         inputs.check_format(disk_format, field="disk_format", allowed=inputs.DISK_FORMATS)
         inputs.check_format(
             container_format, field="container_format", allowed=inputs.CONTAINER_FORMATS
@@ -163,6 +195,7 @@ class ImageService:
             disk_format=disk_format,
             container_format=container_format,
             visibility=visibility,
+            owner=owner,
             protected=protected,
         )
         for _ in range(MAX_WRITE_ATTEMPTS):
@@ -320,6 +353,7 @@ class ImageService:
                 if (answered := self._answered_before(uow)) is not None:
                     return answered
                 current = _visible(loaded, image_id)
+                self._access.authorize(current)
                 if etag is not None and etag != etag_of(current):
                     raise DomainError(
                         Reason.ETAG_MISMATCH,
@@ -353,7 +387,7 @@ class ImageService:
         """The first outcome of this idempotent request, if it ran before."""
         if self._request is None:
             return None
-        recorded = uow.requests.find(self._request.request_id)
+        recorded = uow.requests.find(self._request.log_id)
         if recorded is None:
             return None
         if recorded.fingerprint != self._request.fingerprint:
@@ -380,24 +414,38 @@ def _visible(image: Image | None, image_id: str) -> Image:
     return image
 
 
-def page_token_after(last: Image, status: ImageStatus | None) -> str:
-    """The page_token of the page that starts after `last` in a listing filtered by status."""
-    payload = {"c": last.created_at.isoformat(), "i": last.id, "s": status and str(status)}
+@dataclasses.dataclass(frozen=True)
+class ListFilters:
+    """The filters of a listing: a page token is valid only for the filters it was issued for."""
+
+    status: ImageStatus | None = None
+    visibility: Visibility | None = None
+
+    def encoded(self) -> str | None:
+        """The filters as a page token holds them (None when there are none)."""
+        if self.visibility is None:
+            return self.status and str(self.status)
+        return f"{self.status or ''}/{self.visibility}"
+
+
+def page_token_after(last: Image, filters: ListFilters) -> str:
+    """The page_token of the page that starts after `last` in a listing with these filters."""
+    payload = {"c": last.created_at.isoformat(), "i": last.id, "s": filters.encoded()}
     return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
 
 
-def _decode_page_token(token: str, status: ImageStatus | None) -> ListCursor:
+def _decode_page_token(token: str, filters: ListFilters) -> ListCursor:
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         payload = json.loads(raw)
         cursor = (datetime.datetime.fromisoformat(payload["c"]), str(uuid.UUID(payload["i"])))
-        token_status = payload["s"]
+        token_filters = payload["s"]
         if cursor[0].tzinfo is None:
             raise ValueError("a cursor time without a time zone")
     except (binascii.Error, ValueError, KeyError, TypeError, AttributeError, RecursionError):
         raise inputs.invalid_request("page_token", "page_token is malformed") from None
-    if token_status != (status and str(status)):
+    if token_filters != filters.encoded():
         raise inputs.invalid_request(
-            "page_token", "page_token was issued for another status filter"
+            "page_token", "page_token was issued for another status or visibility filter"
         )
     return cursor

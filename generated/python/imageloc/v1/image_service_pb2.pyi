@@ -193,6 +193,7 @@ class Image(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    LOCATIONS_HIDDEN_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The image id, a UUID in canonical lowercase form."""
     name: _builtins.str
@@ -220,6 +221,13 @@ class Image(_message.Message):
     etag: _builtins.str
     """Opaque; changes on every mutation. Send it back to make a change
     conditional on the image being unchanged.
+    """
+    locations_hidden: _builtins.bool
+    """True when this caller may not see the image's locations (see
+    docs/security.md): `locations` is then empty, whatever the image holds. Locations are shown to a
+    caller who passes get_image_location (an admin, or a reader of the owner's
+    project) or fetch_image_location (a service); a deactivated image shows
+    them to admins only.
     """
     @_builtins.property
     def locations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Location]:
@@ -252,10 +260,11 @@ class Image(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         etag: _builtins.str = ...,
+        locations_hidden: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checksum", b"checksum", "container_format", b"container_format", "create_time", b"create_time", "disk_format", b"disk_format", "etag", b"etag", "id", b"id", "locations", b"locations", "name", b"name", "os_hash_algo", b"os_hash_algo", "os_hash_value", b"os_hash_value", "owner", b"owner", "protected", b"protected", "size", b"size", "status", b"status", "update_time", b"update_time", "visibility", b"visibility"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checksum", b"checksum", "container_format", b"container_format", "create_time", b"create_time", "disk_format", b"disk_format", "etag", b"etag", "id", b"id", "locations", b"locations", "locations_hidden", b"locations_hidden", "name", b"name", "os_hash_algo", b"os_hash_algo", "os_hash_value", b"os_hash_value", "owner", b"owner", "protected", b"protected", "size", b"size", "status", b"status", "update_time", b"update_time", "visibility", b"visibility"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -274,6 +283,7 @@ class CreateImageRequest(_message.Message):
     PROTECTED_FIELD_NUMBER: _builtins.int
     ID_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """A display name, at most 255 characters."""
     disk_format: _builtins.str
@@ -291,6 +301,13 @@ class CreateImageRequest(_message.Message):
     logical request and sends again on every retry of it. A retry returns the
     first outcome without applying the change twice; the same id with a
     different request is INVALID_ARGUMENT REQUEST_ID_REUSED. Empty: none.
+    Request ids are kept per caller: another caller's use of the same id is
+    another request.
+    """
+    owner: _builtins.str
+    """The project that owns the new image; absent means the caller's project.
+    Only an admin may name another project (PERMISSION_DENIED POLICY_DENIED
+    otherwise).
     """
     def __init__(
         self,
@@ -302,14 +319,20 @@ class CreateImageRequest(_message.Message):
         protected: _builtins.bool = ...,
         id: _builtins.str | None = ...,
         request_id: _builtins.str = ...,
+        owner: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_id", b"_id", "id", b"id"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_id", b"_id", "_owner", b"_owner", "id", b"id", "owner", b"owner"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_id", b"_id", "container_format", b"container_format", "disk_format", b"disk_format", "id", b"id", "name", b"name", "protected", b"protected", "request_id", b"request_id", "visibility", b"visibility"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_id", b"_id", "_owner", b"_owner", "container_format", b"container_format", "disk_format", b"disk_format", "id", b"id", "name", b"name", "owner", b"owner", "protected", b"protected", "request_id", b"request_id", "visibility", b"visibility"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__id: _TypeAlias = _typing.Literal["id"]  # noqa: Y015
     _WhichOneofArgType__id: _TypeAlias = _typing.Literal["_id", b"_id"]  # noqa: Y015
+    _WhichOneofReturnType__owner: _TypeAlias = _typing.Literal["owner"]  # noqa: Y015
+    _WhichOneofArgType__owner: _TypeAlias = _typing.Literal["_owner", b"_owner"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__id) -> _WhichOneofReturnType__id | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__owner) -> _WhichOneofReturnType__owner | None: ...
 
 Global___CreateImageRequest: _TypeAlias = CreateImageRequest  # noqa: Y015
 
@@ -392,6 +415,7 @@ class ListImagesRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
+    VISIBILITY_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """The largest page wanted; 0 means 25, more than 1000 means 1000; negative
     is INVALID_ARGUMENT.
@@ -400,20 +424,31 @@ class ListImagesRequest(_message.Message):
     """The next_page_token of the previous page; empty for the first."""
     status: Global___ImageStatus.ValueType
     """Only images in this status."""
+    visibility: Global___ImageVisibility.ValueType
+    """Only images of this visibility. Without it, the community images of
+    other projects are left out (as in Glance); with COMMUNITY, every
+    community image is listed.
+    """
     def __init__(
         self,
         *,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
         status: Global___ImageStatus.ValueType | None = ...,
+        visibility: Global___ImageVisibility.ValueType | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_status", b"_status", "status", b"status"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_status", b"_status", "_visibility", b"_visibility", "status", b"status", "visibility", b"visibility"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_status", b"_status", "page_size", b"page_size", "page_token", b"page_token", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_status", b"_status", "_visibility", b"_visibility", "page_size", b"page_size", "page_token", b"page_token", "status", b"status", "visibility", b"visibility"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__status: _TypeAlias = _typing.Literal["status"]  # noqa: Y015
     _WhichOneofArgType__status: _TypeAlias = _typing.Literal["_status", b"_status"]  # noqa: Y015
+    _WhichOneofReturnType__visibility: _TypeAlias = _typing.Literal["visibility"]  # noqa: Y015
+    _WhichOneofArgType__visibility: _TypeAlias = _typing.Literal["_visibility", b"_visibility"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__status) -> _WhichOneofReturnType__status | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__visibility) -> _WhichOneofReturnType__visibility | None: ...
 
 Global___ListImagesRequest: _TypeAlias = ListImagesRequest  # noqa: Y015
 

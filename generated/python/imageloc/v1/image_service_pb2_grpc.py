@@ -27,6 +27,12 @@ if _version_not_supported:
 
 class ImageServiceStub:
     """ImageService keeps images and their locations.
+
+    Every RPC may also answer UNAUTHENTICATED UNAUTHENTICATED (no valid
+    credentials; metadata `cause`), PERMISSION_DENIED POLICY_DENIED (the caller
+    may see the image but its policy forbids the action; metadata `policy`), and
+    NOT_FOUND IMAGE_NOT_FOUND for an image the caller may not see, exactly as
+    for one that does not exist. docs/security.md has the policy of each RPC.
     """
 
     def __init__(self, channel):
@@ -109,6 +115,12 @@ class ImageServiceStub:
 
 class ImageServiceServicer:
     """ImageService keeps images and their locations.
+
+    Every RPC may also answer UNAUTHENTICATED UNAUTHENTICATED (no valid
+    credentials; metadata `cause`), PERMISSION_DENIED POLICY_DENIED (the caller
+    may see the image but its policy forbids the action; metadata `policy`), and
+    NOT_FOUND IMAGE_NOT_FOUND for an image the caller may not see, exactly as
+    for one that does not exist. docs/security.md has the policy of each RPC.
     """
 
     def CreateImage(self, request, context):
@@ -345,6 +357,12 @@ def add_ImageServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class ImageService:
     """ImageService keeps images and their locations.
+
+    Every RPC may also answer UNAUTHENTICATED UNAUTHENTICATED (no valid
+    credentials; metadata `cause`), PERMISSION_DENIED POLICY_DENIED (the caller
+    may see the image but its policy forbids the action; metadata `policy`), and
+    NOT_FOUND IMAGE_NOT_FOUND for an image the caller may not see, exactly as
+    for one that does not exist. docs/security.md has the policy of each RPC.
     """
 
     @staticmethod

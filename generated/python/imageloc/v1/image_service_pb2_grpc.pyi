@@ -35,7 +35,14 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class ImageServiceStub:
-    """ImageService keeps images and their locations."""
+    """ImageService keeps images and their locations.
+
+    Every RPC may also answer UNAUTHENTICATED UNAUTHENTICATED (no valid
+    credentials; metadata `cause`), PERMISSION_DENIED POLICY_DENIED (the caller
+    may see the image but its policy forbids the action; metadata `policy`), and
+    NOT_FOUND IMAGE_NOT_FOUND for an image the caller may not see, exactly as
+    for one that does not exist. docs/security.md has the policy of each RPC.
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
@@ -139,7 +146,14 @@ class ImageServiceStub:
 
 @_typing.type_check_only
 class ImageServiceAsyncStub(ImageServiceStub):
-    """ImageService keeps images and their locations."""
+    """ImageService keeps images and their locations.
+
+    Every RPC may also answer UNAUTHENTICATED UNAUTHENTICATED (no valid
+    credentials; metadata `cause`), PERMISSION_DENIED POLICY_DENIED (the caller
+    may see the image but its policy forbids the action; metadata `policy`), and
+    NOT_FOUND IMAGE_NOT_FOUND for an image the caller may not see, exactly as
+    for one that does not exist. docs/security.md has the policy of each RPC.
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateImage: _aio.UnaryUnaryMultiCallable[_image_service_pb2.CreateImageRequest, _image_service_pb2.CreateImageResponse]  # type: ignore[assignment]
@@ -239,7 +253,14 @@ class ImageServiceAsyncStub(ImageServiceStub):
     """
 
 class ImageServiceServicer(metaclass=_abc_1.ABCMeta):
-    """ImageService keeps images and their locations."""
+    """ImageService keeps images and their locations.
+
+    Every RPC may also answer UNAUTHENTICATED UNAUTHENTICATED (no valid
+    credentials; metadata `cause`), PERMISSION_DENIED POLICY_DENIED (the caller
+    may see the image but its policy forbids the action; metadata `policy`), and
+    NOT_FOUND IMAGE_NOT_FOUND for an image the caller may not see, exactly as
+    for one that does not exist. docs/security.md has the policy of each RPC.
+    """
 
     @_abc_1.abstractmethod
     def CreateImage(

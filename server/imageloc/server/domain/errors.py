@@ -31,6 +31,7 @@ class Reason(enum.StrEnum):
     ETAG_MISMATCH = "ETAG_MISMATCH"
     INVALID_REQUEST = "INVALID_REQUEST"
     REQUEST_ID_REUSED = "REQUEST_ID_REUSED"
+    POLICY_DENIED = "POLICY_DENIED"
 
 
 class Action(enum.StrEnum):

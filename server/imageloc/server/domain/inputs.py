@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from imageloc.server.domain.errors import DomainError, Reason
 from imageloc.server.domain.policy import MAX_URL_LENGTH
 
+#: Glance's images.owner is a VARCHAR(255).
+MAX_OWNER_LENGTH = 255
 MAX_NAME_LENGTH = 255
 DEFAULT_PAGE_SIZE = 25
 MAX_PAGE_SIZE = 1000
@@ -62,6 +64,16 @@ def check_name(name: str) -> None:
         raise invalid_request("name", f"name is longer than {MAX_NAME_LENGTH} characters")
     if "\x00" in name:
         raise invalid_request("name", "name contains a NUL character")
+
+
+def check_owner(owner: str) -> None:
+    """An owner named in a request: a project id of 1 to 255 characters (Glance's), no NUL."""
+    if not owner:
+        raise invalid_request("owner", "owner is empty; leave it out for the caller's project")
+    if len(owner) > MAX_OWNER_LENGTH:
+        raise invalid_request("owner", f"owner is longer than {MAX_OWNER_LENGTH} characters")
+    if "\x00" in owner:
+        raise invalid_request("owner", "owner contains a NUL character")
 
 
 def check_sizes(*, texts: Mapping[str, str], lists: Mapping[str, int]) -> None:

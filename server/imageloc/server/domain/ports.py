@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Protocol, Self
 
+from imageloc.server.domain.access import ListScope
 from imageloc.server.domain.model import Image, ImageStatus
 
 #: Where a listing resumes: the (created_at, id) of the last image already seen.
@@ -36,18 +38,38 @@ class ImageRepository(Protocol):
         ...
 
     def list(
-        self, *, limit: int, after: ListCursor | None, status: ImageStatus | None
+        self,
+        *,
+        limit: int,
+        after: ListCursor | None,
+        status: ImageStatus | None,
+        scope: ListScope | None = None,
     ) -> Sequence[Image]:
-        """Images not deleted or pending_delete, newest first (created_at, then id, descending)."""
+        """Images not deleted or pending_delete, newest first (created_at, then id, descending).
+
+        scope, when given, keeps only the images in it (domain.access.in_scope).
+        """
         ...
 
 
 @dataclasses.dataclass(frozen=True)
 class RequestKey:
-    """An idempotent request: the caller's request id and a digest of what it asked."""
+    """An idempotent request: the caller's request id and a digest of what it asked.
+
+    namespace is the caller's (Principal.namespace): request ids are the caller's own.
+    """
 
     request_id: str
     fingerprint: str
+    namespace: str = ""
+
+    @property
+    def log_id(self) -> str:
+        """The request's key in the request log: its id, within the caller's namespace."""
+        if not self.namespace:
+            return self.request_id
+        digest = hashlib.sha256(self.namespace.encode()).hexdigest()[:32]
+        return f"{digest}:{self.request_id}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,8 +83,8 @@ class RecordedOutcome:
 class RequestLog(Protocol):
     """The outcomes of idempotent requests, kept so that a retry can be answered again."""
 
-    def find(self, request_id: str) -> RecordedOutcome | None:
-        """The recorded outcome of request_id, or None."""
+    def find(self, log_id: str) -> RecordedOutcome | None:
+        """The recorded outcome of the request with this RequestKey.log_id, or None."""
         ...
 
     def record(self, key: RequestKey, image: Image, *, at: datetime.datetime) -> bool:

@@ -38,7 +38,7 @@ def status_from_proto(number: int, *, field: str = "status") -> ImageStatus:
         raise inputs.invalid_request(field, f"{field} {number} is not an image status") from None
 
 
-def visibility_from_proto(number: int) -> Visibility:
+def visibility_from_proto(number: int, *, field: str = "visibility") -> Visibility:
     """UNSPECIFIED means private; an unknown number is INVALID_REQUEST."""
     if number == pb.IMAGE_VISIBILITY_UNSPECIFIED:
         return Visibility.PRIVATE
@@ -46,8 +46,15 @@ def visibility_from_proto(number: int) -> Visibility:
         return _VISIBILITY_FROM_PROTO[number]
     except KeyError:
         raise inputs.invalid_request(
-            "visibility", f"visibility {number} is not an image visibility"
+            field, f"{field} {number} is not an image visibility"
         ) from None
+
+
+def visibility_filter_from_proto(number: int) -> Visibility | None:
+    """A listing's visibility filter: UNSPECIFIED is no filter."""
+    if number == pb.IMAGE_VISIBILITY_UNSPECIFIED:
+        return None
+    return visibility_from_proto(number)
 
 
 def location_from_proto(message: pb.Location) -> Location:
@@ -79,13 +86,16 @@ def location_to_proto(location: Location) -> pb.Location:
     return pb.Location(url=location.url, metadata=metadata)
 
 
-def image_to_proto(image: Image) -> pb.Image:
-    """The Image message, etag included."""
+def image_to_proto(image: Image, *, locations_shown: bool = True) -> pb.Image:
+    """The Image message, etag included; without its locations unless locations_shown."""
     return pb.Image(
         id=image.id,
         name=image.name,
         status=_STATUS_TO_PROTO[image.status],
-        locations=[location_to_proto(location) for location in image.locations],
+        locations=[location_to_proto(location) for location in image.locations]
+        if locations_shown
+        else (),
+        locations_hidden=not locations_shown,
         size=image.size,
         checksum=image.checksum,
         os_hash_algo=image.os_hash_algo,

@@ -39,6 +39,7 @@ REASON_CODES: dict[Reason, tuple[int, int]] = {
     R.INVALID_REQUEST: (C.INVALID_ARGUMENT, 400),
     # Glance has no request ids; 422 is what HTTP idempotency keys answer for a reuse.
     R.REQUEST_ID_REUSED: (C.INVALID_ARGUMENT, 422),
+    R.POLICY_DENIED: (C.PERMISSION_DENIED, 403),
 }
 
 #: Glance answers a refused deactivate or reactivate with 403, a refused
@@ -55,6 +56,8 @@ STOPPING_REASON = "SERVER_SHUTTING_DOWN"
 CONCURRENT_UPDATE_REASON = "CONCURRENT_UPDATE"
 INTERNAL_REASON = "INTERNAL_ERROR"
 DEADLINE_REASON = "DEADLINE_EXCEEDED"
+#: No valid credentials; ErrorInfo metadata `cause` says what was wrong with them.
+UNAUTHENTICATED_REASON = "UNAUTHENTICATED"
 
 
 def http_status_of(error: DomainError) -> int:
@@ -121,10 +124,19 @@ def domain_error_status(error: DomainError) -> status_pb2.Status:
     return _status(code, error.message, details)
 
 
-def server_status(code: int, reason: str, message: str, http_status: int) -> status_pb2.Status:
-    """A refusal that comes from the server's condition, not from a rule."""
+def server_status(
+    code: int,
+    reason: str,
+    message: str,
+    http_status: int,
+    *,
+    metadata: dict[str, str] | None = None,
+) -> status_pb2.Status:
+    """A refusal that comes from the server's condition or the call's credentials."""
     info = error_details_pb2.ErrorInfo(
-        reason=reason, domain=ERROR_DOMAIN, metadata={"httpStatus": str(http_status)}
+        reason=reason,
+        domain=ERROR_DOMAIN,
+        metadata={**(metadata or {}), "httpStatus": str(http_status)},
     )
     return _status(code, message, [info])
 

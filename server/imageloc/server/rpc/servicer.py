@@ -1,14 +1,13 @@
 """imageloc.v1.ImageService over gRPC: request to domain, call the service, domain to response.
 
-Thin by design: no rule lives here; request_guard parses and bounds the request first,
-so that an unreadable request is refused like any other. The handlers are plain functions
-(grpcio-testing drives them as they are); add_to_server serves them on grpc.aio, their
-store work run by StoreCalls. Imports the generated code, the service, the conversions and
-the error mapping.
+Thin by design: no rule lives here. Every call is read and bounded (request_guard), its
+caller authenticated and bound to policy (auth), its mutation audited, the same way for
+every RPC (`ImageServicer.serve`, by the facts in rpc.methods); the handlers only convert.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import logging
@@ -17,11 +16,22 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 from google.protobuf.message import Message
-from google.rpc import code_pb2, status_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from imageloc.server.auth.audit import AuditLog
+from imageloc.server.auth.authority import Authority
+from imageloc.server.auth.policy import GlancePolicy
+from imageloc.server.auth.tokens import AuthenticationError
+from imageloc.server.domain.access import CallerAccess, Principal
 from imageloc.server.domain.errors import DomainError
-from imageloc.server.domain.ports import DeadlineExceededError, RequestKey, StoreUnavailableError
+from imageloc.server.domain.model import Image
+from imageloc.server.domain.ports import (
+    DeadlineExceededError,
+    RequestKey,
+    StoreBusyError,
+    StoreUnavailableError,
+)
 from imageloc.server.rpc import convert
 from imageloc.server.rpc.drain import Admission
 from imageloc.server.rpc.errors import (
@@ -29,10 +39,12 @@ from imageloc.server.rpc.errors import (
     DEADLINE_REASON,
     INTERNAL_REASON,
     STOPPING_REASON,
+    UNAUTHENTICATED_REASON,
     UNAVAILABLE_REASON,
     domain_error_status,
     server_status,
 )
+from imageloc.server.rpc.methods import METHODS, Method
 from imageloc.server.rpc.request_guard import (
     UnreadableRequest,
     acceptable,
@@ -40,7 +52,12 @@ from imageloc.server.rpc.request_guard import (
     request_decoder,
 )
 from imageloc.server.rpc.store_calls import StoreCalls
-from imageloc.server.service import ConcurrentUpdateError, ImageService, page_token_after
+from imageloc.server.service import (
+    ConcurrentUpdateError,
+    ImageService,
+    ListFilters,
+    page_token_after,
+)
 from imageloc.v1 import image_service_pb2 as pb
 from imageloc.v1 import image_service_pb2_grpc as pb_grpc
 
@@ -53,8 +70,11 @@ MAX_LIST_RESPONSE_BYTES = 3 * 1024 * 1024
 SERVICE = pb.DESCRIPTOR.services_by_name["ImageService"]
 
 Req = TypeVar("Req", bound=Message)
-Resp = TypeVar("Resp")
-Handler = Callable[["ImageServicer", Req, grpc.ServicerContext], Resp]
+Resp = TypeVar("Resp", bound=Message)
+#: A handler as written: the request and its call, to the response.
+Handler = Callable[["ImageServicer", Req, "Call"], Resp]
+#: A handler as gRPC calls it.
+GrpcHandler = Callable[["ImageServicer", Req, grpc.ServicerContext], Resp]
 
 
 def add_to_server(
@@ -92,10 +112,13 @@ def _asynchronous(
             rich = rpc_status.to_status(STOPPING)
             await context.abort(rich.code, rich.details, rich.trailing_metadata)
         try:
-            readable = acceptable(request)
-            return await calls.run(lambda: handler(servicer, readable, context))
-        except Exception as error:  # refusal_status logs what is a bug
-            status = refusal_status(error, name)
+            return await calls.run(
+                lambda: servicer.serve(handler, request, context, retry_busy=True)
+            )
+        except Refused as refused:
+            status = refused.status
+        except BusyCallError as busy:  # calls gave up trying again
+            status = busy.refuse().status
         finally:
             admission.leave()
         rich = rpc_status.to_status(status)
@@ -111,6 +134,22 @@ STOPPING = server_status(
 )
 
 
+class Refused(Exception):  # noqa: N818 - a refusal, not a failure of ours
+    """A call's answer is this refusal (already logged and audited)."""
+
+    def __init__(self, status: status_pb2.Status) -> None:
+        super().__init__(status.message)
+        self.status = status
+
+
+class BusyCallError(StoreBusyError):
+    """A call the store was too busy for: StoreCalls tries it again, or `refuse` ends it."""
+
+    def __init__(self, error: StoreBusyError, refuse: Callable[[], Refused]) -> None:
+        super().__init__(str(error))
+        self.refuse = refuse
+
+
 def abort_with(context: grpc.ServicerContext, status: status_pb2.Status) -> NoReturn:
     """End the call with status, its details in grpc-status-details-bin."""
     rich = rpc_status.to_status(status)
@@ -123,6 +162,14 @@ def refusal_status(error: Exception, method: str) -> status_pb2.Status:
     """The status that answers a handler's error: a refusal, or INTERNAL for a bug."""
     if isinstance(error, DomainError):
         return domain_error_status(error)
+    if isinstance(error, AuthenticationError):
+        return server_status(
+            code_pb2.UNAUTHENTICATED,
+            UNAUTHENTICATED_REASON,
+            error.message,
+            401,
+            metadata={"cause": error.cause},
+        )
     if isinstance(error, StoreUnavailableError):
         log.warning("store unavailable: %s", error)
         return server_status(
@@ -137,23 +184,50 @@ def refusal_status(error: Exception, method: str) -> status_pb2.Status:
     return server_status(code_pb2.INTERNAL, INTERNAL_REASON, "Internal server error.", 500)
 
 
-def refusals(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
-    """handler for a synchronous context (grpcio-testing): its errors end the call.
+def refusals(handler: Handler[Req, Resp]) -> GrpcHandler[Req, Resp]:
+    """handler for a synchronous context (grpcio-testing): its refusals end the call.
 
-    Unreadable requests and requests past the request limits are refused before handler
-    runs. The asyncio server unwraps this and does the same with `_asynchronous`.
+    The asyncio server unwraps this and does the same with `_asynchronous`.
     """
 
     @functools.wraps(handler)
-    def wrapped(
-        self: ImageServicer, request: Req | UnreadableRequest, context: grpc.ServicerContext
-    ) -> Resp:
+    def wrapped(self: ImageServicer, request: Req, context: grpc.ServicerContext) -> Resp:
         try:
-            return handler(self, acceptable(request), context)
-        except Exception as error:  # refusal_status logs what is a bug
-            abort_with(context, refusal_status(error, handler.__name__))
+            return self.serve(handler, request, context)
+        except Refused as refused:
+            abort_with(context, refused.status)
 
     return wrapped
+
+
+@dataclasses.dataclass(frozen=True)
+class Call:
+    """One call as its handler sees it: the service bound to it, and what its caller may see."""
+
+    service: ImageService
+    access: CallerAccess
+
+    def image(self, image: Image) -> pb.Image:
+        """image as this caller may see it: its locations only if the caller may see them."""
+        return convert.image_to_proto(image, locations_shown=self.access.sees_locations(image))
+
+
+#: ErrorInfo reasons whose refusals of a read are audited too.
+_AUDITED_REFUSALS = frozenset({UNAUTHENTICATED_REASON, "POLICY_DENIED"})
+
+
+def _authorization(context: grpc.ServicerContext) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            return value if isinstance(value, str) else None
+    return None
+
+
+def _image_id(request: object, response: object = None) -> str:
+    image = getattr(response, "image", None)
+    if image is not None and image.id:
+        return str(image.id)
+    return str(getattr(request, "image_id", "") or getattr(request, "id", ""))
 
 
 def _etag(request: object) -> str | None:
@@ -161,77 +235,152 @@ def _etag(request: object) -> str | None:
 
 
 class ImageServicer(pb_grpc.ImageServiceServicer):
-    """Every RPC of imageloc.v1.ImageService."""
+    """Every RPC of imageloc.v1.ImageService.
 
-    def __init__(self, service: ImageService) -> None:
+    authority authenticates callers (default: `--auth none`, every caller the no-auth
+    admin, under Glance's default policy); audit, when given, gets a line per mutation
+    and per refused credential or policy.
+    """
+
+    def __init__(
+        self,
+        service: ImageService,
+        authority: Authority | None = None,
+        audit: AuditLog | None = None,
+    ) -> None:
         self._service = service
+        self._authority = authority or Authority(GlancePolicy.load())
+        self._audit = audit
 
-    def _for(self, context: grpc.ServicerContext, request: Message) -> ImageService:
-        """The service for this call: bounded by its deadline, idempotent by its request_id."""
-        request_id: str = getattr(request, "request_id", "")
-        key = RequestKey(request_id, fingerprint(request)) if request_id else None
-        return self._service.for_call(seconds_left=context.time_remaining(), request=key)
+    def serve(
+        self,
+        handler: Handler[Req, Resp],
+        request: Req | UnreadableRequest,
+        context: Any,
+        *,
+        retry_busy: bool = False,
+    ) -> Resp:
+        """One call of handler: read, authenticate, bind to policy, run, audit.
+
+        Raises Refused with the status that answers the call; with retry_busy, BusyCallError
+        when the store is busy (the caller may try the call again).
+        """
+        method = METHODS[handler.__name__]
+        principal: Principal | None = None
+        try:
+            readable = acceptable(request)
+            principal = self._authority.principal(_authorization(context), context.auth_context)
+            access = self._authority.access(
+                principal,
+                rule=method.policy,
+                writes=method.writes,
+                queued_rule=method.queued_policy,
+            )
+            service = self._service.for_call(
+                seconds_left=context.time_remaining(),
+                request=_request_key(method, readable, access),
+                access=access,
+            )
+            response = handler(self, readable, Call(service, access))
+        except Exception as error:  # refusal_status logs what is a bug
+            refuse = functools.partial(self._refused, method, request, principal, error)
+            if retry_busy and isinstance(error, StoreBusyError):
+                raise BusyCallError(error, refuse) from None
+            raise refuse() from None
+        if method.writes and self._audit is not None:
+            self._audit.record(
+                rpc=method.name,
+                principal=principal,
+                image_id=_image_id(readable, response),
+                code="OK",
+                reason="",
+                request_id=str(getattr(readable, "request_id", "")),
+            )
+        return response
+
+    def _refused(
+        self,
+        method: Method,
+        request: object,
+        principal: Principal | None,
+        error: Exception,
+    ) -> Refused:
+        """The refusal that answers error, audited."""
+        status = refusal_status(error, method.name)
+        reason = _reason_of(status)
+        if self._audit is None or (not method.writes and reason not in _AUDITED_REFUSALS):
+            return Refused(status)
+        self._audit.record(
+            rpc=method.name,
+            principal=principal,
+            image_id=_image_id(request),
+            code=code_pb2.Code.Name(status.code),
+            reason=reason,
+            request_id=str(getattr(request, "request_id", "")),
+        )
+        return Refused(status)
 
     @refusals
-    def CreateImage(
-        self, request: pb.CreateImageRequest, context: grpc.ServicerContext
-    ) -> pb.CreateImageResponse:
-        image = self._for(context, request).create_image(
+    def CreateImage(self, request: pb.CreateImageRequest, call: Call) -> pb.CreateImageResponse:
+        image = call.service.create_image(
             name=request.name,
             disk_format=request.disk_format,
             container_format=request.container_format,
             visibility=convert.visibility_from_proto(request.visibility),
             protected=request.protected,
             image_id=request.id if request.HasField("id") else None,
+            owner=request.owner if request.HasField("owner") else None,
         )
-        return pb.CreateImageResponse(image=convert.image_to_proto(image))
+        return pb.CreateImageResponse(image=call.image(image))
 
     @refusals
-    def GetImage(
-        self, request: pb.GetImageRequest, context: grpc.ServicerContext
-    ) -> pb.GetImageResponse:
-        image = self._for(context, request).get_image(request.image_id)
-        return pb.GetImageResponse(image=convert.image_to_proto(image))
+    def GetImage(self, request: pb.GetImageRequest, call: Call) -> pb.GetImageResponse:
+        image = call.service.get_image(request.image_id)
+        return pb.GetImageResponse(image=call.image(image))
 
     @refusals
-    def ListImages(
-        self, request: pb.ListImagesRequest, context: grpc.ServicerContext
-    ) -> pb.ListImagesResponse:
-        status = convert.status_from_proto(request.status) if request.HasField("status") else None
-        page = self._for(context, request).list_images(
-            page_size=request.page_size, page_token=request.page_token, status=status
+    def ListImages(self, request: pb.ListImagesRequest, call: Call) -> pb.ListImagesResponse:
+        filters = ListFilters(
+            status=convert.status_from_proto(request.status)
+            if request.HasField("status")
+            else None,
+            visibility=convert.visibility_filter_from_proto(request.visibility)
+            if request.HasField("visibility")
+            else None,
+        )
+        page = call.service.list_images(
+            page_size=request.page_size,
+            page_token=request.page_token,
+            status=filters.status,
+            visibility=filters.visibility,
         )
         response = pb.ListImagesResponse(next_page_token=page.next_page_token)
         size = 0
         for shown, image in enumerate(page.images):
-            message = convert.image_to_proto(image)
+            message = call.image(image)
             size += message.ByteSize() + 8
             if size > MAX_LIST_RESPONSE_BYTES and shown:
                 # A shorter page, so that every client's default 4 MiB receive limit holds.
-                response.next_page_token = page_token_after(page.images[shown - 1], status)
+                response.next_page_token = page_token_after(page.images[shown - 1], filters)
                 break
             response.images.append(message)
         return response
 
     @refusals
-    def DeleteImage(
-        self, request: pb.DeleteImageRequest, context: grpc.ServicerContext
-    ) -> pb.DeleteImageResponse:
-        image = self._for(context, request).delete_image(request.image_id, etag=_etag(request))
-        return pb.DeleteImageResponse(image=convert.image_to_proto(image))
+    def DeleteImage(self, request: pb.DeleteImageRequest, call: Call) -> pb.DeleteImageResponse:
+        image = call.service.delete_image(request.image_id, etag=_etag(request))
+        return pb.DeleteImageResponse(image=call.image(image))
 
     @refusals
-    def BeginUpload(
-        self, request: pb.BeginUploadRequest, context: grpc.ServicerContext
-    ) -> pb.BeginUploadResponse:
-        image = self._for(context, request).begin_upload(request.image_id, etag=_etag(request))
-        return pb.BeginUploadResponse(image=convert.image_to_proto(image))
+    def BeginUpload(self, request: pb.BeginUploadRequest, call: Call) -> pb.BeginUploadResponse:
+        image = call.service.begin_upload(request.image_id, etag=_etag(request))
+        return pb.BeginUploadResponse(image=call.image(image))
 
     @refusals
     def CompleteUpload(
-        self, request: pb.CompleteUploadRequest, context: grpc.ServicerContext
+        self, request: pb.CompleteUploadRequest, call: Call
     ) -> pb.CompleteUploadResponse:
-        image = self._for(context, request).complete_upload(
+        image = call.service.complete_upload(
             request.image_id,
             location=convert.optional_location(request),
             size=request.size,
@@ -240,77 +389,84 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
             os_hash_value=request.os_hash_value,
             etag=_etag(request),
         )
-        return pb.CompleteUploadResponse(image=convert.image_to_proto(image))
+        return pb.CompleteUploadResponse(image=call.image(image))
 
     @refusals
-    def FailUpload(
-        self, request: pb.FailUploadRequest, context: grpc.ServicerContext
-    ) -> pb.FailUploadResponse:
-        image = self._for(context, request).fail_upload(request.image_id, etag=_etag(request))
-        return pb.FailUploadResponse(image=convert.image_to_proto(image))
+    def FailUpload(self, request: pb.FailUploadRequest, call: Call) -> pb.FailUploadResponse:
+        image = call.service.fail_upload(request.image_id, etag=_etag(request))
+        return pb.FailUploadResponse(image=call.image(image))
 
     @refusals
-    def StageImage(
-        self, request: pb.StageImageRequest, context: grpc.ServicerContext
-    ) -> pb.StageImageResponse:
-        image = self._for(context, request).stage_image(request.image_id, etag=_etag(request))
-        return pb.StageImageResponse(image=convert.image_to_proto(image))
+    def StageImage(self, request: pb.StageImageRequest, call: Call) -> pb.StageImageResponse:
+        image = call.service.stage_image(request.image_id, etag=_etag(request))
+        return pb.StageImageResponse(image=call.image(image))
 
     @refusals
-    def BeginImport(
-        self, request: pb.BeginImportRequest, context: grpc.ServicerContext
-    ) -> pb.BeginImportResponse:
-        image = self._for(context, request).begin_import(request.image_id, etag=_etag(request))
-        return pb.BeginImportResponse(image=convert.image_to_proto(image))
+    def BeginImport(self, request: pb.BeginImportRequest, call: Call) -> pb.BeginImportResponse:
+        image = call.service.begin_import(request.image_id, etag=_etag(request))
+        return pb.BeginImportResponse(image=call.image(image))
 
     @refusals
     def DeactivateImage(
-        self, request: pb.DeactivateImageRequest, context: grpc.ServicerContext
+        self, request: pb.DeactivateImageRequest, call: Call
     ) -> pb.DeactivateImageResponse:
-        image = self._for(context, request).deactivate_image(request.image_id, etag=_etag(request))
-        return pb.DeactivateImageResponse(image=convert.image_to_proto(image))
+        image = call.service.deactivate_image(request.image_id, etag=_etag(request))
+        return pb.DeactivateImageResponse(image=call.image(image))
 
     @refusals
     def ReactivateImage(
-        self, request: pb.ReactivateImageRequest, context: grpc.ServicerContext
+        self, request: pb.ReactivateImageRequest, call: Call
     ) -> pb.ReactivateImageResponse:
-        image = self._for(context, request).reactivate_image(request.image_id, etag=_etag(request))
-        return pb.ReactivateImageResponse(image=convert.image_to_proto(image))
+        image = call.service.reactivate_image(request.image_id, etag=_etag(request))
+        return pb.ReactivateImageResponse(image=call.image(image))
 
     @refusals
-    def AddLocation(
-        self, request: pb.AddLocationRequest, context: grpc.ServicerContext
-    ) -> pb.AddLocationResponse:
-        image = self._for(context, request).add_location(
+    def AddLocation(self, request: pb.AddLocationRequest, call: Call) -> pb.AddLocationResponse:
+        image = call.service.add_location(
             request.image_id,
             location=convert.optional_location(request),
             index=request.index if request.HasField("index") else None,
             validation_data=convert.validation_data_from_proto(request),
             etag=_etag(request),
         )
-        return pb.AddLocationResponse(image=convert.image_to_proto(image))
+        return pb.AddLocationResponse(image=call.image(image))
 
     @refusals
     def RemoveLocation(
-        self, request: pb.RemoveLocationRequest, context: grpc.ServicerContext
+        self, request: pb.RemoveLocationRequest, call: Call
     ) -> pb.RemoveLocationResponse:
         target = request.WhichOneof("target")
-        image = self._for(context, request).remove_location(
+        image = call.service.remove_location(
             request.image_id,
             index=request.index if target == "index" else None,
             url=request.url if target == "url" else None,
             etag=_etag(request),
         )
-        return pb.RemoveLocationResponse(image=convert.image_to_proto(image))
+        return pb.RemoveLocationResponse(image=call.image(image))
 
     @refusals
     def ReplaceLocation(
-        self, request: pb.ReplaceLocationRequest, context: grpc.ServicerContext
+        self, request: pb.ReplaceLocationRequest, call: Call
     ) -> pb.ReplaceLocationResponse:
-        image = self._for(context, request).replace_locations(
+        image = call.service.replace_locations(
             request.image_id,
             new_locations=[convert.location_from_proto(loc) for loc in request.locations],
             validation_data=convert.validation_data_from_proto(request),
             etag=_etag(request),
         )
-        return pb.ReplaceLocationResponse(image=convert.image_to_proto(image))
+        return pb.ReplaceLocationResponse(image=call.image(image))
+
+
+def _request_key(method: Method, request: Any, access: CallerAccess) -> RequestKey | None:
+    """The idempotency key of the call: its request_id, in the caller's namespace."""
+    if not method.request_id or not request.request_id:
+        return None
+    return RequestKey(request.request_id, fingerprint(request), namespace=access.namespace)
+
+
+def _reason_of(status: status_pb2.Status) -> str:
+    for detail in status.details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return info.reason
+    return ""

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from imageloc.server.domain.access import ListScope
 from imageloc.server.domain.model import GONE_STATUSES, Image, ImageStatus, Location, Visibility
 from imageloc.server.domain.ports import ListCursor
 from imageloc.server.store.driver import Driver, Sql
@@ -121,14 +122,26 @@ class SqlImageRepository:
         return True
 
     def list(
-        self, *, limit: int, after: ListCursor | None, status: ImageStatus | None
+        self,
+        *,
+        limit: int,
+        after: ListCursor | None,
+        status: ImageStatus | None,
+        scope: ListScope | None = None,
     ) -> Sequence[Image]:
-        """Images not deleted or pending_delete, newest first (created_at, then id, descending)."""
+        """Images not deleted or pending_delete, newest first (created_at, then id, descending).
+
+        scope, when given, keeps only the images in it (domain.access.in_scope).
+        """
         conditions = [_NOT_GONE]
         parameters: list[Any] = []
         if status is not None:
             conditions.append("status = ?")
             parameters.append(status.value)
+        if scope is not None:
+            condition, values = _scope_condition(scope)
+            conditions.append(condition)
+            parameters += values
         if after is not None:
             # A row value, so that both databases seek the index to the cursor instead of
             # scanning from the top: a deep page costs what the first one does.
@@ -180,6 +193,27 @@ class SqlImageRepository:
 
     def _location(self, url: str, metadata: Any) -> Location:
         return Location(url=url, metadata=dict(self._driver.json_out(metadata) or {}))
+
+
+def _scope_condition(scope: ListScope) -> tuple[str, list[Any]]:
+    """scope as a WHERE condition and its parameters: the SQL of domain.access.in_scope."""
+    parameters: list[Any] = []
+    community = "TRUE" if scope.all_community else "owner = ?"
+    if not scope.all_community:
+        parameters.append(scope.own_project)
+    projects = "TRUE" if scope.all_projects else "owner = ?"
+    if not scope.all_projects:
+        parameters.append(scope.own_project)
+    condition = (
+        f"(visibility = '{Visibility.PUBLIC.value}'"
+        f" OR (visibility = '{Visibility.COMMUNITY.value}' AND {community})"
+        f" OR (visibility IN ('{Visibility.PRIVATE.value}', '{Visibility.SHARED.value}')"
+        f" AND {projects}))"
+    )
+    if scope.visibility is not None:
+        condition += " AND visibility = ?"
+        parameters.append(scope.visibility.value)
+    return condition, parameters
 
 
 def image_columns(image: Image) -> list[Any]:

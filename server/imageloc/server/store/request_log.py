@@ -34,9 +34,9 @@ class SqlRequestLog:
     def __init__(self, driver: Driver) -> None:
         self._driver = driver
 
-    def find(self, request_id: str) -> RecordedOutcome | None:
-        """The recorded outcome of request_id, or None."""
-        row = self._driver.row(_FIND, (request_id,))
+    def find(self, log_id: str) -> RecordedOutcome | None:
+        """The recorded outcome of the request with this RequestKey.log_id, or None."""
+        row = self._driver.row(_FIND, (log_id,))
         if row is None:
             return None
         fingerprint, outcome = row
@@ -48,7 +48,7 @@ class SqlRequestLog:
         """Record key's outcome; False when the id was recorded already (nothing written)."""
         driver = self._driver
         values = (
-            key.request_id,
+            key.log_id,
             key.fingerprint,
             image.id,
             driver.json_in(encode_image(image)),

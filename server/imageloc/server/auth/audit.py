@@ -1,0 +1,57 @@
+"""The audit log: one JSON line per mutation and per refused credential or policy.
+
+Standard library and the domain only. Never holds a token or a location URL.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import sys
+import threading
+from typing import IO
+
+from imageloc.server.domain.access import Principal
+
+
+class AuditLog:
+    """JSON lines to a stream (standard error by default) or a file opened for appending."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, path: str) -> AuditLog:
+        """The audit log at path (appended to), or on standard error when path is empty."""
+        if not path:
+            return cls(sys.stderr)
+        return cls(open(path, "a", encoding="utf-8", buffering=1))
+
+    def record(
+        self,
+        *,
+        rpc: str,
+        principal: Principal | None,
+        image_id: str,
+        code: str,
+        reason: str,
+        request_id: str,
+    ) -> None:
+        """Write one line: who did what to which image, and how it ended."""
+        entry = {
+            "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds"),
+            "audit": "imageloc",
+            "rpc": rpc,
+            "sub": principal.user_id if principal else None,
+            "project": principal.project_id if principal else None,
+            "serviceIdentity": principal.service_identity if principal else None,
+            "imageId": image_id,
+            "code": code,
+            "reason": reason,
+            "requestId": request_id,
+        }
+        line = json.dumps(entry, separators=(",", ":")) + "\n"
+        with self._lock:
+            self._stream.write(line)
+            self._stream.flush()
