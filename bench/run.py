@@ -90,8 +90,19 @@ def seed(target: str, count: int, token: str = "") -> list[str]:
     return ids
 
 
+#: The benchmark's policy file: the owner's members may remove locations too.
+OWNERS_REMOVE_LOCATIONS = (
+    '"delete_image_location": "rule:context_is_admin or'
+    ' (role:member and project_id:%(project_id)s)"\n'
+)
+
+
 def dev_credentials(tmp: str) -> tuple[list[str], str]:
-    """`serve` flags for JWT auth with fresh dev keys, and a file with a member's token."""
+    """`serve` flags for JWT auth with fresh dev keys, and a file with a member's token.
+
+    Glance lets only admins remove locations; the location workload removes what it
+    adds, so the policy file lets the owner's members do it, as an operator may.
+    """
     keys = pathlib.Path(tmp, "keys")
     subprocess.run(
         [str(IMAGELOC), "auth", "dev-keys", "--out", str(keys)],
@@ -104,9 +115,12 @@ def dev_credentials(tmp: str) -> tuple[list[str], str]:
     ).stdout.strip()  # fmt: skip
     token_file = pathlib.Path(tmp, "token")
     token_file.write_text(token)
+    policy_file = pathlib.Path(tmp, "policy.yaml")
+    policy_file.write_text(OWNERS_REMOVE_LOCATIONS)
     flags = [
         "--auth", "jwt", "--jwks-file", str(keys / "jwks.json"),
         "--token-issuer", "imageloc-dev", "--token-audience", "imageloc",
+        "--policy-file", str(policy_file),
     ]  # fmt: skip
     return flags, str(token_file)
 
@@ -182,13 +196,18 @@ def report_auth(plain: list[dict[str, Any]], authed: list[dict[str, Any]]) -> No
     print()
     print("authentication and authorization (--auth jwt, a member's token) against none:")
     print()
-    print("| workload | calls/s, auth none | calls/s, auth jwt | jwt / none | p99 ms, jwt |")
-    print("|---|---|---|---|---|")
+    print(
+        "| workload | calls/s, auth none | calls/s, auth jwt | jwt / none | p99 ms, jwt"
+        " | errors, jwt |"
+    )
+    print("|---|---|---|---|---|---|")
     for without, with_auth in zip(plain, authed, strict=True):
         ratio = with_auth["calls_per_s"] / without["calls_per_s"]
+        errors = ", ".join(f"{k} {v}" for k, v in sorted(with_auth["errors"].items())) or "0"
         print(
             f"| {without['workload']} | {without['calls_per_s']:,.0f} "
-            f"| {with_auth['calls_per_s']:,.0f} | {ratio:.2f} | {with_auth['p99_ms']:.1f} |"
+            f"| {with_auth['calls_per_s']:,.0f} | {ratio:.2f} | {with_auth['p99_ms']:.1f} "
+            f"| {errors} |"
         )
 
 

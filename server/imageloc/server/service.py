@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 
 from imageloc.server.domain import inputs, locations, status
 from imageloc.server.domain.access import UNRESTRICTED, CallerAccess
-from imageloc.server.domain.errors import DomainError, Reason
+from imageloc.server.domain.errors import DomainError, Reason, image_not_found
 from imageloc.server.domain.model import (
     GONE_STATUSES,
     Image,
@@ -408,9 +408,7 @@ class ImageService:
 
 def _visible(image: Image | None, image_id: str) -> Image:
     if image is None or image.status in GONE_STATUSES:
-        raise DomainError(
-            Reason.IMAGE_NOT_FOUND, f"No image found with ID {image_id}", image_id=image_id
-        )
+        raise image_not_found(image_id)
     return image
 
 

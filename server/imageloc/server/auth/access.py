@@ -9,7 +9,7 @@ from typing import Any
 
 from imageloc.server.auth.policy import GlancePolicy
 from imageloc.server.domain.access import SERVICE_ROLE, ListScope, Principal
-from imageloc.server.domain.errors import DomainError, Reason
+from imageloc.server.domain.errors import DomainError, Reason, image_not_found
 from imageloc.server.domain.model import Image, ImageStatus, Visibility
 
 #: Glance's rules that decide who sees an image's locations.
@@ -67,7 +67,7 @@ class PolicyAccess:
     def authorize(self, image: Image) -> None:
         """Let this call act on image, or refuse: 404 if unseen, POLICY_DENIED otherwise."""
         if not self.may_see(image):
-            raise _not_found(image.id)
+            raise image_not_found(image.id)
         target = _target(image)
         if self._allows(self._rule, target):
             if self._writes and not self._may_mutate(image):
@@ -172,12 +172,6 @@ def _target(image: Image) -> dict[str, Any]:
         "protected": image.protected,
         "name": image.name,
     }
-
-
-def _not_found(image_id: str) -> DomainError:
-    return DomainError(
-        Reason.IMAGE_NOT_FOUND, f"No image found with ID {image_id}", image_id=image_id
-    )
 
 
 def _denied(rule: str, image_id: str, message: str = "") -> DomainError:

@@ -79,3 +79,10 @@ class DomainError(Exception):
         self.action = action
         self.field = field
         self.metadata = dict(metadata or {})
+
+
+def image_not_found(image_id: str) -> DomainError:
+    """The refusal of an image that does not exist, or that the caller may not see."""
+    return DomainError(
+        Reason.IMAGE_NOT_FOUND, f"No image found with ID {image_id}", image_id=image_id
+    )

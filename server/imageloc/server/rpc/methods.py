@@ -25,33 +25,23 @@ class Method:
     queued_policy: str | None = None
 
 
-_ROWS = (
-    # name, policy, writes, request_id
-    ("CreateImage", "add_image", True, True),
-    ("GetImage", "get_image", False, False),
-    ("ListImages", "get_images", False, False),
-    ("DeleteImage", "delete_image", True, True),
-    ("BeginUpload", "upload_image", True, True),
-    ("CompleteUpload", "upload_image", True, True),
-    ("FailUpload", "upload_image", True, True),
-    ("StageImage", "upload_image", True, True),
-    ("BeginImport", "upload_image", True, True),
-    ("DeactivateImage", "deactivate", True, True),
-    ("ReactivateImage", "reactivate", True, True),
-    ("ReplaceLocation", "set_image_location", True, True),
-    ("RemoveLocation", "delete_image_location", True, True),
+_ROWS: tuple[tuple[str, str, bool, bool, str | None], ...] = (
+    # name, policy, writes, request_id, queued_policy
+    ("CreateImage", "add_image", True, True, None),
+    ("GetImage", "get_image", False, False, None),
+    ("ListImages", "get_images", False, False, None),
+    ("DeleteImage", "delete_image", True, True, None),
+    ("BeginUpload", "upload_image", True, True, None),
+    ("CompleteUpload", "upload_image", True, True, None),
+    ("FailUpload", "upload_image", True, True, None),
+    ("StageImage", "upload_image", True, True, None),
+    ("BeginImport", "upload_image", True, True, None),
+    ("DeactivateImage", "deactivate", True, True, None),
+    ("ReactivateImage", "reactivate", True, True, None),
+    ("AddLocation", "set_image_location", True, True, "add_image_location"),
+    ("ReplaceLocation", "set_image_location", True, True, None),
+    ("RemoveLocation", "delete_image_location", True, True, None),
 )
 
 #: RPC name -> its facts.
-METHODS: dict[str, Method] = {
-    name: Method(name=name, policy=policy, writes=writes, request_id=request_id)
-    for name, policy, writes, request_id in _ROWS
-} | {
-    "AddLocation": Method(
-        name="AddLocation",
-        policy="set_image_location",
-        writes=True,
-        request_id=True,
-        queued_policy="add_image_location",
-    )
-}
+METHODS: dict[str, Method] = {row[0]: Method(*row) for row in _ROWS}
