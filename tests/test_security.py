@@ -459,7 +459,9 @@ def test_each_bad_token_is_refused_with_its_cause(
     assert _token_refusal(secured, token) == {"cause": cause, "httpStatus": "401"}
     text = secured.audit_log.read_text()
     assert token not in text
-    assert '"reason":"UNAUTHENTICATED"' in text
+    refused = [e for e in secured.audit() if e["reason"] == "UNAUTHENTICATED"][-1]
+    assert refused["authenticated"] is False
+    assert (refused["sub"], refused["project"], refused["serviceIdentity"]) == ("", "", "")
 
 
 def test_a_rotated_signing_key_is_used_without_a_restart(secured: Secured) -> None:
@@ -527,6 +529,7 @@ def test_every_mutation_and_refusal_is_audited_without_secrets(
     created = [e for e in entries if e["rpc"] == "CreateImage"][-1]
     assert created["code"] == "OK"
     assert created["sub"] == "u1"
+    assert created["authenticated"] is True
     assert created["project"] == "p1"
     assert created["imageId"] == image.image.id
     assert created["requestId"] == request_id

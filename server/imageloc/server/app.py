@@ -21,6 +21,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from imageloc.server.auth import redact
 from imageloc.server.auth.security import Security
 from imageloc.server.config import Settings
 from imageloc.server.event_loop import LoopThread
@@ -206,13 +207,16 @@ async def _grpc_server(
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    port = (
-        server.add_insecure_port(settings.listen)
-        if credentials is None
-        else server.add_secure_port(settings.listen, credentials)
-    )
+    try:
+        port = (
+            server.add_insecure_port(settings.listen)
+            if credentials is None
+            else server.add_secure_port(settings.listen, credentials)
+        )
+    except RuntimeError:  # grpc's "Failed to bind": a port in use, a host not of this machine
+        port = 0
     if port == 0:
-        raise OSError(f"cannot listen on {settings.listen}")
+        raise OSError(f"cannot listen on {settings.listen}: in use, or not an address here")
     return server, health_servicer, admission, port
 
 
@@ -225,6 +229,7 @@ def serve(settings: Settings) -> NoReturn:
     for the worker threads as a normal interpreter exit would.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    redact.install()  # no URL credentials nor tokens in any line of the log
     server = build_server(settings)
     stopping = threading.Event()
 

@@ -37,8 +37,8 @@ class PolicyAccess:
 
     Seeing follows Glance's two gates: an admin, or a service (the `service` role),
     sees every image; anyone else sees public and community images and its own
-    project's, if it also passes `get_image`. Images of no owner are seen only by
-    admins and services (Glance answers them 404 too).
+    project's, if it also passes `get_image`. Private and shared images of no owner are
+    seen only by admins and services (Glance answers them 404 too).
     """
 
     def __init__(

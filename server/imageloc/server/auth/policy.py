@@ -13,7 +13,7 @@ from collections.abc import Hashable, Iterator, Mapping
 from typing import Any
 
 from oslo_config import cfg
-from oslo_policy import _checks, policy
+from oslo_policy import _checks, _parser, policy
 
 # Glance's check-string constants (glance/policies/base.py), exactly as oslo.policy gets them.
 ADMIN = "rule:context_is_admin"
@@ -183,6 +183,7 @@ GLANCE_RULES: tuple[policy.RuleDefault, ...] = (
 _CACHE_SIZE = 65_536
 _MISSING = object()
 _FORMAT_KEY = re.compile(r"%\(([^)]*)\)[#0 +-]*\d*(?:\.\d+)?[diouxXeEfFgGcrsa]")
+_YAML_MARK = re.compile(r"line \d+, column \d+")
 #: The checks whose outcome depends on nothing but the credentials and target they read.
 _PURE_CHECKS = (_checks.TrueCheck, _checks.FalseCheck, _checks.RoleCheck, _checks.GenericCheck)
 
@@ -327,18 +328,32 @@ def _read_policy_file(path: str) -> dict[str, _checks.BaseCheck]:
     try:
         parsed = policy.parse_file_contents(data)
     except ValueError as error:
-        first_line = str(error).splitlines()[0] if str(error) else "invalid YAML"
-        raise PolicyConfigError(f"policy file {path} does not parse: {first_line}") from None
+        raise PolicyConfigError(
+            f"policy file {path} does not parse: {_yaml_reason(error)}"
+        ) from None
     if not isinstance(parsed, dict):
         raise PolicyConfigError(f"policy file {path} is not a mapping of rule names to rules")
     for name, check_str in parsed.items():
         if not isinstance(name, str) or not isinstance(check_str, str):
             raise PolicyConfigError(f"policy file {path}: {name!r} is not a check string")
-    with _ParserErrors() as errors:
-        rules = policy.Rules.from_dict(parsed)
-    if errors.messages:
-        raise PolicyConfigError(f"policy file {path}: {errors.messages[0]}")
-    return dict(rules)
+    rules: dict[str, _checks.BaseCheck] = {}
+    for name, check_str in parsed.items():
+        with _ParserErrors() as errors:
+            rules[name] = _parser.parse_rule(check_str)
+        if errors.messages:
+            shown = " ".join(check_str.split())
+            raise PolicyConfigError(
+                f"policy file {path}: {name!r} is not a valid check string: {shown!r}"
+            )
+    return rules
+
+
+def _yaml_reason(error: ValueError) -> str:
+    """PyYAML's several-line message as one line: its first line and where it happened."""
+    text = str(error)
+    reason = text.splitlines()[0] if text else "invalid YAML"
+    where = _YAML_MARK.search(text)
+    return f"{reason} ({where.group(0)})" if where else reason
 
 
 class _ParserErrors(logging.Handler):
@@ -439,14 +454,25 @@ def _is_literal(kind: str) -> bool:
 
 
 def _freeze(value: Any) -> Hashable:
+    """value as a cache key that two values share only if every check reads them alike.
+
+    Checks render values with `str()` and compare strings, so equal values of different
+    types (1, 1.0 and True; a str-mixin enum and its value) must not share a key: the
+    type is part of it. Sequences and mappings keep their order (it shows in `str()`);
+    sets are keyed as sets (roles). A value of any other type raises TypeError, so its
+    rule is evaluated rather than cached.
+    """
+    if value is _MISSING or value is None:
+        return value
+    if isinstance(value, str | int | float):
+        return (type(value), value)
     if isinstance(value, list | tuple):
-        return tuple(_freeze(item) for item in value)
+        return (type(value), tuple(_freeze(item) for item in value))
     if isinstance(value, set | frozenset):
-        return frozenset(value)
+        return (type(value), frozenset(_freeze(item) for item in value))
     if isinstance(value, Mapping):
-        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
-    hash(value)
-    return value  # type: ignore[no-any-return]
+        return (type(value), tuple((_freeze(k), _freeze(v)) for k, v in value.items()))
+    raise TypeError(f"no cache key for a {type(value).__name__}")
 
 
 def _token_scope(credentials: Mapping[str, Any]) -> str:
