@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import json
 import os
@@ -135,7 +136,7 @@ def machine() -> str:
 def throughput(args: argparse.Namespace) -> int:
     args.images = max(args.images, args.concurrency)  # writers each get images of their own
     env = dict(os.environ)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         ids_file = str(pathlib.Path(tmp, "ids"))
         pathlib.Path(ids_file).write_text(str(uuid.uuid4()) + "\n")
         ceiling_target = f"127.0.0.1:{free_port()}"
@@ -144,27 +145,71 @@ def throughput(args: argparse.Namespace) -> int:
         ):
             wait_for_port(ceiling_target)
             ceiling = load(ceiling_target, "empty", args, ids_file)
-        runs = {"none": measure(args, tmp, ids_file, env, auth=[], token_file="")}
+        modes: dict[str, tuple[list[str], str]] = {"none": ([], "")}
         if args.auth == "jwt":
-            flags, token_file = dev_credentials(tmp)
-            runs["jwt"] = measure(args, tmp, ids_file, env, auth=flags, token_file=token_file)
-    results, rss_start, rss_end, database = runs["none"]
-    report(args, database, ceiling, results=results, rss_start=rss_start, rss_end=rss_end)
-    if "jwt" in runs:
-        report_auth(results, runs["jwt"][0])
-    errors = sum(sum(r["errors"].values()) for run in runs.values() for r in run[0])
+            modes["jwt"] = dev_credentials(tmp)
+        servers = {
+            label: stack.enter_context(started(args, tmp, env, label, mode))
+            for label, mode in modes.items()
+        }
+        results: dict[str, list[dict[str, Any]]] = {label: [] for label in servers}
+        for workload in args.workloads:
+            rounds: dict[str, list[dict[str, Any]]] = {label: [] for label in servers}
+            for number in range(args.rounds):
+                # Alternate the order, so that drift of the machine is shared alike.
+                order = list(servers) if number % 2 == 0 else list(reversed(servers))
+                for label in order:
+                    server = servers[label]
+                    rounds[label].append(
+                        load(server.target, workload, args, server.ids_file, server.token_file)
+                    )
+            for label, figures in rounds.items():
+                results[label].append(combined(figures))
+        plain = servers["none"]
+        rss_end = [rss_mib(pid) for pid in plain.pids]
+    report(
+        args, plain.database, ceiling, results=results["none"],
+        rss_start=plain.rss_start, rss_end=rss_end,
+    )  # fmt: skip
+    if "jwt" in results:
+        report_auth(results["none"], results["jwt"])
+    errors = sum(sum(r["errors"].values()) for run in results.values() for r in run)
     return 1 if errors else 0
 
 
-Measured = tuple[list[dict[str, Any]], list[float | None], list[float | None], str]
+def combined(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One workload's figures over its rounds: mean rates, the worst p99, all errors."""
+    errors: dict[str, int] = {}
+    for figures in rounds:
+        for code, count in figures["errors"].items():
+            errors[code] = errors.get(code, 0) + count
+    return rounds[0] | {
+        "calls_per_s": sum(r["calls_per_s"] for r in rounds) / len(rounds),
+        "p50_ms": sum(r["p50_ms"] for r in rounds) / len(rounds),
+        "p99_ms": max(r["p99_ms"] for r in rounds),
+        "errors": errors,
+    }
 
 
-def measure(
-    args: argparse.Namespace, tmp: str, ids_file: str, env: dict[str, str], *,
-    auth: list[str], token_file: str,
-) -> Measured:  # fmt: skip
-    """Start the servers (with the auth flags), seed them, and run every workload."""
-    label = "jwt" if auth else "none"
+@dataclasses.dataclass
+class Started:
+    """Serving, seeded imageloc processes of one auth mode."""
+
+    target: str
+    database: str
+    ids_file: str
+    token_file: str
+    pids: list[int]
+    rss_start: list[float | None]
+
+
+@contextlib.contextmanager
+def started(
+    args: argparse.Namespace, tmp: str, env: dict[str, str], label: str,
+    mode: tuple[list[str], str],
+) -> Iterator[Started]:  # fmt: skip
+    """Start the servers (with mode's auth flags), seed them, and yield them serving."""
+    auth, token_file = mode
     database = args.database or f"sqlite:///{tmp}/bench-{label}.db"
     target = args.target or f"127.0.0.1:{free_port()}"
     server = [
@@ -179,16 +224,12 @@ def measure(
             check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
     token = pathlib.Path(token_file).read_text().strip() if token_file else ""
+    ids_file = str(pathlib.Path(tmp, f"ids-{label}"))
     with processes(servers, env) as pids:
         wait_serving(target)
         ids = seed(target, args.images, token)
         pathlib.Path(ids_file).write_text("\n".join(ids) + "\n")
-        rss_start = [rss_mib(pid) for pid in pids]
-        results = [
-            load(target, workload, args, ids_file, token_file) for workload in args.workloads
-        ]
-        rss_end = [rss_mib(pid) for pid in pids]
-    return results, rss_start, rss_end, database
+        yield Started(target, database, ids_file, token_file, pids, [rss_mib(p) for p in pids])
 
 
 def report_auth(plain: list[dict[str, Any]], authed: list[dict[str, Any]]) -> None:
@@ -364,7 +405,13 @@ def main() -> int:
         "--auth",
         choices=("none", "jwt"),
         default="none",
-        help="jwt: run again with JWT auth and print each workload's ratio to the run without",
+        help="jwt: also serve with JWT auth and print each workload's ratio to the run without",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="loads per workload and auth mode, alternating the modes (figures are means)",
     )
     args = parser.parse_args()
     if args.fast:

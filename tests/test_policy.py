@@ -12,7 +12,7 @@ import pytest
 from oslo_policy import _external, _parser
 
 from imageloc.server.auth.access import PolicyAccess, no_auth_principal
-from imageloc.server.auth.policy import GLANCE_RULES, GlancePolicy, PolicyConfigError
+from imageloc.server.auth.policy import GLANCE_RULES, Credentials, GlancePolicy, PolicyConfigError
 from imageloc.server.domain.access import CallerAccess, ListScope, Principal
 from imageloc.server.domain.errors import DomainError, Reason
 from imageloc.server.domain.model import Image, ImageStatus, Visibility
@@ -253,6 +253,19 @@ def test_the_cache_answers_two_callers_on_one_image_apart() -> None:
         for roles in (("member",), ("reader",), ("member",), ())
     ]
     assert by_roles == [True, False, True, False]
+
+
+@pytest.mark.parametrize("rule", ["get_image", "delete_image", "get_image_location", "add_image"])
+def test_credentials_that_remember_their_keys_answer_as_a_plain_dict(rule: str) -> None:
+    policy = GlancePolicy.load()
+    for roles, project in ((("member", "reader"), "p1"), (("reader",), "p2"), (("admin",), "")):
+        plain = creds(*roles, project=project)
+        remembered = Credentials(plain)
+        for owner in ("p1", "p2", ""):
+            image = target(owner=owner)
+            expected = GlancePolicy.load().allows(rule, credentials=plain, target=image)
+            for _ in range(2):  # the second answer comes from the cache
+                assert policy.allows(rule, credentials=remembered, target=image) is expected
 
 
 def test_the_cache_follows_a_negated_role(policy_file: PolicyFile) -> None:

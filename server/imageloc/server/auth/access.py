@@ -5,9 +5,10 @@ Imports the policy and the domain; the use cases ask it (domain.access.CallerAcc
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
-from imageloc.server.auth.policy import GlancePolicy
+from imageloc.server.auth.policy import Credentials, GlancePolicy
 from imageloc.server.domain.access import SERVICE_ROLE, ListScope, Principal
 from imageloc.server.domain.errors import DomainError, Reason, image_not_found
 from imageloc.server.domain.model import Image, ImageStatus, Visibility
@@ -146,16 +147,20 @@ class PolicyAccess:
         return self._policy.refers_to(rule, base="service_api") and self._allows("service_api", {})
 
 
-def _credentials(principal: Principal) -> dict[str, Any]:
-    """oslo.policy's credentials; no project_id key for no project, so no project check passes."""
-    credentials: dict[str, Any] = {
+@functools.lru_cache(maxsize=4096)
+def _credentials(principal: Principal) -> Credentials:
+    """oslo.policy's credentials; no project_id key for no project, so no project check passes.
+
+    Kept per principal (a repeat caller's are built once).
+    """
+    fields: dict[str, Any] = {
         "roles": sorted(role.lower() for role in principal.roles),
         "user_id": principal.user_id or None,
         "service_roles": [],
     }
     if principal.project_id:
-        credentials["project_id"] = principal.project_id
-    return credentials
+        fields["project_id"] = principal.project_id
+    return Credentials(fields)
 
 
 def _target(image: Image) -> dict[str, Any]:

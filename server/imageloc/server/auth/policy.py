@@ -308,13 +308,41 @@ class _Compiled:
         if self.cred_keys is None:
             return None
         try:
+            if isinstance(credentials, Credentials):
+                creds = tuple(credentials.frozen(k) for k in self.cred_keys)
+            else:
+                creds = tuple(_freeze(credentials.get(k, _MISSING)) for k in self.cred_keys)
             return (
                 self.name,
-                tuple(_freeze(credentials.get(k, _MISSING)) for k in self.cred_keys),
+                creds,
                 tuple(_freeze(target.get(k, _MISSING)) for k in self.target_keys),
             )
         except TypeError:
             return None
+
+
+class Credentials(dict[str, Any]):
+    """oslo.policy credentials that remember each field's cache-key form.
+
+    One principal's credentials are asked of many rules in many calls; freezing its
+    roles once instead of per rule is most of the cost of a cached answer. Do not
+    change one after its first use.
+    """
+
+    __slots__ = ("_frozen",)
+    _frozen: dict[str, Hashable]
+
+    def frozen(self, key: str) -> Hashable:
+        """The cache-key form of field key (TypeError when it has none)."""
+        try:
+            cache = self._frozen
+        except AttributeError:
+            cache = self._frozen = {}
+        try:
+            return cache[key]
+        except KeyError:
+            value = cache[key] = _freeze(self.get(key, _MISSING))
+            return value
 
 
 def _read_policy_file(path: str) -> dict[str, _checks.BaseCheck]:
@@ -462,6 +490,8 @@ def _freeze(value: Any) -> Hashable:
     sets are keyed as sets (roles). A value of any other type raises TypeError, so its
     rule is evaluated rather than cached.
     """
+    if type(value) is str:  # the common case; no other type's key is a bare str
+        return value
     if value is _MISSING or value is None:
         return value
     if isinstance(value, str | int | float):
@@ -484,4 +514,4 @@ def _token_scope(credentials: Mapping[str, Any]) -> str:
     return "project"
 
 
-__all__ = ["GLANCE_RULES", "GlancePolicy", "PolicyConfigError"]
+__all__ = ["GLANCE_RULES", "Credentials", "GlancePolicy", "PolicyConfigError"]
