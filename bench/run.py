@@ -167,6 +167,7 @@ def throughput(args: argparse.Namespace) -> int:
                 results[label].append(combined(figures))
         plain = servers["none"]
         rss_end = [rss_mib(pid) for pid in plain.pids]
+        watched = measure_watchers(args, plain) if args.watchers else None
     report(
         args, plain.database, ceiling, results=results["none"],
         rss_start=plain.rss_start, rss_end=rss_end,
@@ -174,7 +175,96 @@ def throughput(args: argparse.Namespace) -> int:
     if "jwt" in results:
         report_auth(results["none"], results["jwt"])
     errors = sum(sum(r["errors"].values()) for run in results.values() for r in run)
+    if watched is not None:
+        errors += report_watchers(args, watched)
     return 1 if errors else 0
+
+
+WATCHED_WORKLOAD = "AddLocation+RemoveLocation"
+
+
+def measure_watchers(args: argparse.Namespace, server: Started) -> dict[str, Any]:
+    """The location writes alone and with --watchers streams open on every change, in
+    alternating rounds; then the server's RSS with 1,000 idle streams."""
+    alone: list[dict[str, Any]] = []
+    beside: list[dict[str, Any]] = []
+    watching: list[dict[str, Any]] = []
+    for _ in range(args.rounds):
+        alone.append(load(server.target, WATCHED_WORKLOAD, args, server.ids_file))
+        with watchers(server.target, args.watchers, seconds=args.seconds + 2) as done:
+            beside.append(load(server.target, WATCHED_WORKLOAD, args, server.ids_file))
+        watching.append(done())
+    rss_before = [rss_mib(pid) for pid in server.pids]
+    with watchers(server.target, IDLE_STREAMS, seconds=3, idle=True) as idle:
+        time.sleep(1)
+        rss_idle = [rss_mib(pid) for pid in server.pids]
+    idle_result = idle()
+    return {
+        "alone": combined(alone),
+        "beside": combined(beside),
+        "events_per_s": sum(w["events_per_s"] for w in watching) / len(watching),
+        "p50_ms": sum(w["p50_ms"] for w in watching) / len(watching),
+        "p99_ms": max(w["p99_ms"] for w in watching),
+        "errors": sum(sum(w["errors"].values()) for w in [*watching, idle_result]),
+        "idle_open": idle_result["watchers"] - sum(idle_result["errors"].values()),
+        "rss_before": rss_before,
+        "rss_idle": rss_idle,
+    }
+
+
+#: How many idle streams the memory figure holds open.
+IDLE_STREAMS = 1000
+
+
+@contextlib.contextmanager
+def watchers(target: str, count: int, *, seconds: float, idle: bool = False) -> Iterator[Any]:
+    """count streams in a process of their own, open when the block starts; the block gets
+    a function that waits for the process and returns its figures."""
+    command = [
+        sys.executable, str(HERE / "watchers.py"), "--target", target,
+        "--watchers", str(count), "--seconds", str(seconds), *(["--idle"] if idle else []),
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    process.stdout.readline()  # {"open": n}: every stream has its first response
+
+    def done() -> dict[str, Any]:
+        out, _ = process.communicate(timeout=seconds + 60)
+        result: dict[str, Any] = json.loads(out)
+        return result
+
+    try:
+        yield done
+    finally:
+        if process.poll() is None:
+            process.wait(timeout=seconds + 60)
+
+
+def report_watchers(args: argparse.Namespace, watched: dict[str, Any]) -> int:
+    """Print the watch figures; the number of errors."""
+    alone, beside = watched["alone"], watched["beside"]
+    print()
+    print(
+        f"WatchImages: {args.watchers} watchers of every image while {WATCHED_WORKLOAD} runs"
+        f" ({args.rounds} alternating rounds):"
+    )
+    print()
+    print("| figure | value |")
+    print("|---|---|")
+    print(f"| location writes/s, no watchers | {alone['calls_per_s']:,.0f} |")
+    print(f"| location writes/s, {args.watchers} watchers | {beside['calls_per_s']:,.0f} |")
+    print(f"| with / without | {beside['calls_per_s'] / alone['calls_per_s']:.2f} |")
+    print(f"| events delivered/s (all watchers) | {watched['events_per_s']:,.0f} |")
+    print(
+        f"| commit-to-event latency p50 / p99 | {watched['p50_ms']:.1f} / "
+        f"{watched['p99_ms']:.1f} ms |"
+    )
+    before = ", ".join(f"{r:.0f}" for r in watched["rss_before"] if r is not None)
+    idle = ", ".join(f"{r:.0f}" for r in watched["rss_idle"] if r is not None)
+    print(f"| server RSS, {watched['idle_open']:,} idle streams open | {before} -> {idle} MiB |")
+    errors = int(watched["errors"]) + int(sum(beside["errors"].values()))
+    print(f"| errors | {errors} |")
+    return errors
 
 
 def combined(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -406,6 +496,12 @@ def main() -> int:
         choices=("none", "jwt"),
         default="none",
         help="jwt: also serve with JWT auth and print each workload's ratio to the run without",
+    )
+    parser.add_argument(
+        "--watchers",
+        type=int,
+        default=100,
+        help="WatchImages streams beside the location writes (0: no watch figures)",
     )
     parser.add_argument(
         "--rounds",

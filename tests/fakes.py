@@ -9,8 +9,8 @@ from types import TracebackType
 from typing import Self
 
 from imageloc.server.domain.access import ListScope, in_scope
-from imageloc.server.domain.model import GONE_STATUSES, Image, ImageStatus
-from imageloc.server.domain.ports import ListCursor, RecordedOutcome, RequestKey
+from imageloc.server.domain.model import GONE_STATUSES, Change, Image, ImageStatus
+from imageloc.server.domain.ports import ListCursor, RecordedOutcome, RequestKey, StoreHead
 
 
 class InMemoryImages:
@@ -71,12 +71,35 @@ class InMemoryRequests:
         return True
 
 
+class InMemoryChanges:
+    """ChangeLog over a list; revisions taken count up from the committed head."""
+
+    def __init__(self, changes: list[Change], head: int) -> None:
+        self.changes = changes
+        self.revision = head
+
+    def next_revision(self) -> int:
+        self.revision += 1
+        return self.revision
+
+    def append(self, change: Change) -> None:
+        self.changes.append(change)
+
+    def head(self) -> StoreHead:
+        return StoreHead(revision=self.revision, compact_revision=0)
+
+    def after(self, revision: int, *, limit: int) -> Sequence[Change]:
+        return [change for change in self.changes if change.revision > revision][:limit]
+
+
 class InMemoryStore:
     """A unit-of-work factory whose transactions are serialised by one lock."""
 
     def __init__(self) -> None:
         self.committed: dict[str, Image] = {}
         self.recorded: dict[str, RecordedOutcome] = {}
+        self.changes: list[Change] = []
+        self.revision = 0
         self.lock = threading.Lock()
 
     def unit_of_work(self, *, for_write: bool, deadline: float | None = None) -> InMemoryUnitOfWork:
@@ -90,11 +113,13 @@ class InMemoryUnitOfWork:
         self._store = store
         self.images = InMemoryImages({})
         self.requests = InMemoryRequests({})
+        self.changes = InMemoryChanges([], 0)
 
     def __enter__(self) -> Self:
         self._store.lock.acquire()
         self.images = InMemoryImages(dict(self._store.committed))
         self.requests = InMemoryRequests(dict(self._store.recorded))
+        self.changes = InMemoryChanges(list(self._store.changes), self._store.revision)
         return self
 
     def __exit__(
@@ -108,3 +133,5 @@ class InMemoryUnitOfWork:
     def commit(self) -> None:
         self._store.committed = dict(self.images.rows)
         self._store.recorded = dict(self.requests.rows)
+        self._store.changes = self.changes.changes
+        self._store.revision = self.changes.revision

@@ -88,3 +88,27 @@ def test_a_refused_call_shows_failed_precondition_and_its_details(
     assert info["metadata"]["httpStatus"] == "409"
     kinds = {d["@type"].rsplit(".", 1)[-1] for d in status["details"]}
     assert kinds == {"ErrorInfo", "PreconditionFailure"}
+
+
+def test_watch_images_streams_the_changes_of_an_image(
+    target: str, stub: pb_grpc.ImageServiceStub
+) -> None:
+    image = make_image(stub, "active")
+    start = image.revision - 1  # the last change (its locations) comes first
+    watched = run(
+        "-max-time", "2", "-d", json.dumps({"image_ids": [image.id], "start_revision": start}),
+        target, "imageloc.v1.ImageService/WatchImages",
+    )  # fmt: skip
+    # The stream stays open until -max-time ends it; what it printed is the stream.
+    assert "DeadlineExceeded" in watched.stderr, watched.stderr
+    decoder = json.JSONDecoder()
+    text, responses = watched.stdout.strip(), []
+    while text:
+        response, end = decoder.raw_decode(text)
+        responses.append(response)
+        text = text[end:].strip()
+    events = [event for response in responses for event in response.get("events", [])]
+    assert [(e["revision"], e["type"]) for e in events] == [
+        (str(image.revision), "IMAGE_EVENT_TYPE_UPDATED")
+    ]
+    assert events[0]["image"]["status"] == "IMAGE_STATUS_ACTIVE"

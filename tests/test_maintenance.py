@@ -32,6 +32,9 @@ class SwitchableStore:
     def prune_requests(self, *, before: datetime.datetime) -> int:
         return 0
 
+    def prune_changes(self, *, before: datetime.datetime) -> int:
+        return 0
+
 
 def status_of(servicer: health.HealthServicer, service: str) -> int:
     request = health_pb2.HealthCheckRequest(service=service)

@@ -60,6 +60,7 @@ def test_upgrade_from_the_first_migration_keeps_the_data(store: SqlStore) -> Non
         image = uow.images.get(IMAGE_ID)
     assert image is not None
     assert (image.name, image.size, image.revision, image.created_at) == ("old", 42, 3, T0)
+    assert image.store_revision == 0  # changed before the change log: no revision yet
     assert [(loc.url, dict(loc.metadata)) for loc in image.locations] == [
         ("rbd://a/b/c/d", {}),
         ("https://s/x", {"k": "v"}),

@@ -1,4 +1,4 @@
-"""The imageloc Python client: ImageClient, its ImagelocError, and value conversions.
+"""The imageloc Python client: ImageClient, its errors, watches and value conversions.
 
 The `imageloc` command lives in imageloc.client.cli.
 """
@@ -17,7 +17,16 @@ from imageloc.client.convert import (
     status_word,
     visibility_word,
 )
-from imageloc.client.errors import ERROR_DOMAIN, ImagelocError, from_rpc_error
+from imageloc.client.errors import (
+    ERROR_DOMAIN,
+    ImageDeletedError,
+    ImagelocError,
+    StatusUnreachableError,
+    WaitError,
+    WaitTimeoutError,
+    from_rpc_error,
+)
+from imageloc.client.watch import ImageWatch
 
 __all__ = [
     "DEFAULT_TARGET",
@@ -25,12 +34,17 @@ __all__ = [
     "STATUS_WORDS",
     "VISIBILITY_WORDS",
     "ImageClient",
+    "ImageDeletedError",
+    "ImageWatch",
     "ImagelocError",
     "LocationLike",
     "MetadataLike",
     "StatusLike",
+    "StatusUnreachableError",
     "ValidationLike",
     "VisibilityLike",
+    "WaitError",
+    "WaitTimeoutError",
     "from_rpc_error",
     "parse_status",
     "parse_visibility",

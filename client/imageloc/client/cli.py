@@ -1,6 +1,7 @@
 """The `imageloc` command: `image` and `location` verbs call a server; `serve` and `db` run one.
 
-Exit status: 0 done, 1 refused by the server (or unreachable, or cannot listen), 2 bad usage.
+Exit status: 0 done, 1 refused by the server (or unreachable, or cannot listen; for `image
+wait`: the status not reached), 2 bad usage.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from collections.abc import Callable, Sequence
 from itertools import islice
 from typing import Any
 
+import grpc
+
 from imageloc.client import auth_commands, output, server_commands
 from imageloc.client.client import DEFAULT_TARGET, ImageClient
 from imageloc.client.convert import STATUS_WORDS, VISIBILITY_WORDS, to_locations
@@ -20,7 +23,8 @@ from imageloc.client.errors import ImagelocError
 from imageloc.client.server_commands import EXIT_OK, EXIT_REFUSED, EXIT_USAGE
 from imageloc.v1 import image_service_pb2 as pb
 
-Result = pb.Image | list[pb.Image]
+#: What a verb gives to print; None when it printed as it went (image watch).
+Result = pb.Image | list[pb.Image] | None
 Action = Callable[[ImageClient, argparse.Namespace], Result]
 Lifecycle = Callable[[ImageClient, str, str | None], pb.Image]
 
@@ -66,8 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     server_commands.add_commands(commands)
     auth_commands.add_commands(commands)
-    common = argparse.ArgumentParser(add_help=False)
-    _add_client_options(common, defaults=False)
+    common = _common_options()
     image = commands.add_parser("image", help="Create, show, list, delete images; move status.")
     _add_image_verbs(image.add_subparsers(dest="verb", required=True, metavar="VERB"), common)
     location = commands.add_parser("location", help="List, add, remove, replace locations.")
@@ -78,7 +81,22 @@ def build_parser() -> argparse.ArgumentParser:
 # Parser construction.
 
 
-def _add_client_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+#: How long `image wait` waits when --timeout does not say.
+WAIT_TIMEOUT = 60.0
+
+_CALL_TIMEOUT_HELP = "deadline of each call in seconds (default: the service config's, 5-10 s)"
+
+
+def _common_options(*, timeout_help: str = _CALL_TIMEOUT_HELP) -> argparse.ArgumentParser:
+    """The parent parser that repeats the client options on a verb."""
+    common = argparse.ArgumentParser(add_help=False)
+    _add_client_options(common, defaults=False, timeout_help=timeout_help)
+    return common
+
+
+def _add_client_options(
+    parser: argparse.ArgumentParser, *, defaults: bool, timeout_help: str = _CALL_TIMEOUT_HELP
+) -> None:
     """--server, --json, --timeout and the credentials: with defaults on the top parser,
     suppressed on verbs.
 
@@ -103,7 +121,7 @@ def _add_client_options(parser: argparse.ArgumentParser, *, defaults: bool) -> N
         type=float,
         metavar="SECONDS",
         default=None if defaults else unset,
-        help="deadline of each call in seconds (default: the service config's, 5-10 s)",
+        help=timeout_help if not defaults else f"{timeout_help}; image wait: of the whole wait",
     )
     for flag, variable, metavar, help_text in _CREDENTIAL_OPTIONS:
         parser.add_argument(
@@ -165,6 +183,62 @@ def _add_image_verbs(
         verb.add_argument("image_id", metavar="ID")
         _add_etag(verb)
 
+    watch = _verb(
+        verbs,
+        _common_options(timeout_help="not used: a watch has no deadline (see --count)"),
+        "watch",
+        "Print every change to images as it commits.",
+        description=(
+            "Print every change to the images given (every image you may see when none is),"
+            " as it commits: one line per event (revision, type, id, status, name), or with"
+            " --json one JSON object per line. Runs until interrupted (Ctrl-C exits 0) or"
+            " until --count events; when the server goes away it resumes by itself from the"
+            " last revision received, missing nothing and repeating nothing."
+        ),
+        action=_watch,
+    )
+    watch.add_argument(
+        "image_ids", nargs="*", metavar="ID", help="images to watch (may not exist yet)"
+    )
+    watch.add_argument(
+        "--from-revision",
+        type=_non_negative,
+        default=0,
+        metavar="N",
+        help="print the changes after revision N (default 0: those after the watch starts)",
+    )
+    watch.add_argument(
+        "--count", type=_non_negative, metavar="N", help="exit 0 after N events (default: never)"
+    )
+
+    wait = _verb(
+        verbs,
+        _common_options(
+            timeout_help=f"give up after SECONDS, the whole wait (default: {WAIT_TIMEOUT:g})"
+        ),
+        "wait",
+        "Wait until an image is in a status; print it.",
+        description=(
+            "Wait until the image is in one of the statuses, then print it and exit 0."
+            " Exit 1, with the reason on stderr, when the timeout passes first, when the"
+            " image is deleted, when its status can no longer reach any of them (killed,"
+            " waiting for active), or when the server refuses. Watches; does not poll."
+        ),
+        action=_wait,
+        call_timeout=False,
+    )
+    wait.add_argument("image_id", metavar="ID")
+    statuses = ", ".join(STATUS_WORDS)
+    wait.add_argument(
+        "--status",
+        dest="statuses",
+        action="append",
+        required=True,
+        type=_status_words,
+        metavar="STATUS",
+        help=f"a status to wait for; repeat or comma-separate for any of several: {statuses}",
+    )
+
 
 def _add_location_verbs(
     verbs: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
@@ -216,10 +290,17 @@ def _verb(
     *,
     action: Action,
     view: str = "image",
+    description: str | None = None,
+    call_timeout: bool = True,
 ) -> argparse.ArgumentParser:
-    """A verb's parser that runs `action` and shows its result as `view`."""
-    verb = verbs.add_parser(name, help=help_text, description=help_text, parents=[common])
-    verb.set_defaults(action=action, view=view)
+    """A verb's parser that runs `action` and shows its result as `view`.
+
+    `call_timeout` False: --timeout is not each call's deadline (the verb reads it itself).
+    """
+    verb = verbs.add_parser(
+        name, help=help_text, description=description or help_text, parents=[common]
+    )
+    verb.set_defaults(action=action, view=view, call_timeout=call_timeout)
     return verb
 
 
@@ -248,6 +329,17 @@ def _non_negative(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
     return value
+
+
+def _status_words(text: str) -> list[str]:
+    """An argparse type: status words, comma-separated."""
+    words = [word.strip().lower() for word in text.split(",") if word.strip()]
+    unknown = [word for word in words if word not in STATUS_WORDS]
+    if unknown or not words:
+        raise argparse.ArgumentTypeError(
+            f"unknown status {text!r} (choose from {', '.join(STATUS_WORDS)})"
+        )
+    return words
 
 
 def _json_object(text: str) -> dict[str, Any]:
@@ -294,7 +386,8 @@ def _call_server(args: argparse.Namespace) -> int:
         )
         print(shown, file=sys.stderr)
         return EXIT_REFUSED
-    print(_render(result, view=args.view, as_json=args.json))
+    if result is not None:
+        print(_render(result, view=args.view, as_json=args.json))
     return EXIT_OK
 
 
@@ -311,7 +404,7 @@ def _open_client(args: argparse.Namespace) -> ImageClient:
         raise ValueError("--cert and --key go together")
     return ImageClient(
         args.server,
-        timeout=args.timeout,
+        timeout=args.timeout if args.call_timeout else None,
         token=args.token,
         root_certificates=root,
         certificate_chain=chain,
@@ -330,7 +423,7 @@ def _read_file(path: str | None, *, flag: str) -> bytes | None:
         raise OSError(f"cannot read {flag} {path}: {error.strerror}") from None
 
 
-def _render(result: Result, *, view: str, as_json: bool) -> str:
+def _render(result: pb.Image | list[pb.Image], *, view: str, as_json: bool) -> str:
     if isinstance(result, list):
         if as_json:
             return output.images_json(result)
@@ -404,6 +497,29 @@ def _replace_locations(client: ImageClient, args: argparse.Namespace) -> pb.Imag
     return client.replace_locations(
         args.image_id, locations, validation_data=_validation_data(args), etag=args.etag
     )
+
+
+def _watch(client: ImageClient, args: argparse.Namespace) -> None:
+    """Print events as they come, until --count of them or Ctrl-C."""
+    shown = output.event_json if args.json else output.event_line
+    try:
+        with client.watch_images(args.image_ids, start_revision=args.from_revision) as watch:
+            for event in islice(watch, args.count):
+                print(shown(event), flush=True)
+    except KeyboardInterrupt:
+        pass  # how a watch is meant to end
+
+
+def _wait(client: ImageClient, args: argparse.Namespace) -> pb.Image:
+    statuses = [word for words in args.statuses for word in words]
+    timeout = WAIT_TIMEOUT if args.timeout is None else args.timeout
+    try:
+        return client.wait_for_status(args.image_id, statuses, timeout)
+    except KeyboardInterrupt:
+        raise ImagelocError(
+            grpc.StatusCode.CANCELLED,
+            f"interrupted before image {args.image_id} became {' or '.join(statuses)}",
+        ) from None
 
 
 def _validation_data(args: argparse.Namespace) -> dict[str, str] | None:

@@ -1,13 +1,13 @@
 """ImageClient: typed Python calls to the imageloc ImageService over gRPC.
 
 Every method returns the resulting pb.Image (or a page / an iterator of them) and
-raises ImagelocError when the server refuses.
+raises ImagelocError when the server refuses. Watching and waiting live in watch.py.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -28,6 +28,7 @@ from imageloc.client.convert import (
     to_validation_data,
 )
 from imageloc.client.errors import from_rpc_error
+from imageloc.client.watch import ImageWatch, wait_for_status
 from imageloc.v1 import image_service_pb2 as pb
 from imageloc.v1 import image_service_pb2_grpc as pb_grpc
 
@@ -44,7 +45,8 @@ class ImageClient:
     Give `target` ("host:port") to open a channel the client owns and closes, with
     the shipped service config (per-method deadlines, retries of safe calls) and
     keepalive; or `channel` to use one you own. `timeout`, when given, is the
-    deadline of each call in seconds, instead of the service config's.
+    deadline of each call in seconds, instead of the service config's (a watch's streams
+    have none; wait_for_status bounds its calls by its own timeout as well).
 
     The channel is TLS when any of `root_certificates` (PEM; None trusts the system's
     roots), `certificate_chain` and `private_key` (PEM, a client certificate for mTLS) or
@@ -116,22 +118,44 @@ class ImageClient:
             self._channel.close()
 
     def _call(
-        self, method: grpc.UnaryUnaryMultiCallable[_Request, _Response], request: _Request
+        self,
+        method: grpc.UnaryUnaryMultiCallable[_Request, _Response],
+        request: _Request,
+        *,
+        within: float | None = None,
     ) -> _Response:
         """Invoke one RPC with the client's deadline, turning refusals into ImagelocError.
 
+        `within` (seconds) shortens the deadline, for a call that is part of a longer wait.
         A mutation without a request_id gets a new one, which the channel's retries of it
         then share: a retry after a lost answer is answered, not applied again.
         """
         mutation: Any = request  # a message with a request_id field, when it is a mutation
         if "request_id" in request.DESCRIPTOR.fields_by_name and not mutation.request_id:
             mutation.request_id = str(uuid.uuid4())
-        provider = self._token_provider
-        metadata = None if provider is None else bearer_metadata(provider())
+        timeout = self.timeout
+        if within is not None:
+            timeout = within if timeout is None else min(timeout, within)
         try:
-            return method(request, timeout=self.timeout, metadata=metadata)
+            return method(request, timeout=timeout, metadata=self._metadata())
         except grpc.RpcError as err:
             raise from_rpc_error(err) from err
+
+    def _metadata(self) -> tuple[tuple[str, str]] | None:
+        """The call metadata carrying the token, when it does not go as call credentials."""
+        provider = self._token_provider
+        return None if provider is None else bearer_metadata(provider())
+
+    def _open_watch(
+        self, request: pb.WatchImagesRequest, timeout: float | None
+    ) -> grpc.CallIterator[pb.WatchImagesResponse]:
+        """One WatchImages stream. Not the client's deadline: a watch runs until it is closed
+        (and the service config gives WatchImages none)."""
+        return self._stub.WatchImages(request, timeout=timeout, metadata=self._metadata())
+
+    def _get_image_within(self, image_id: str, within: float | None) -> pb.Image:
+        request = pb.GetImageRequest(image_id=image_id)
+        return self._call(self._stub.GetImage, request, within=within).image
 
     # Images.
 
@@ -186,6 +210,62 @@ class ImageClient:
         """Delete an image; returns it as deleted (or pending_delete)."""
         request = pb.DeleteImageRequest(image_id=image_id, etag=etag)
         return self._call(self._stub.DeleteImage, request).image
+
+    # Changes.
+
+    def watch_images(self, image_ids: Iterable[str] = (), start_revision: int = 0) -> ImageWatch:
+        """Every change to the images `image_ids` (empty: every image the caller may see),
+        as pb.ImageEvent, each once, in revision order, until the watch is closed.
+
+        `start_revision`: deliver the changes after it (a ListImagesResponse.revision, an
+        Image.revision, or the `revision` of an earlier watch); 0: those after the watch
+        starts, which this call waits for, so any change committed after it returns comes.
+
+        The watch resumes by itself from the last revision received, events and progress
+        responses alike, so nothing is missed and nothing repeated: after UNAVAILABLE (a
+        server stopping, or not reachable yet), after a stream that ends without an
+        error, and after RESOURCE_EXHAUSTED WATCHER_TOO_SLOW, each after a pause of 0.1 s
+        doubling to 2 s (reset by any response; each resume is logged as a warning on
+        the `imageloc.client.watch` logger). Other refusals raise ImagelocError and end
+        it: OUT_OF_RANGE REVISION_COMPACTED when start_revision is older than the
+        server's retained log (list again, then watch from the list's revision),
+        INVALID_ARGUMENT FUTURE_REVISION or INVALID_REQUEST, UNAUTHENTICATED. The streams
+        have no deadline; each sends the client's token, asked afresh.
+
+        Close the watch (close(), or use it in a `with` block; also from another thread)
+        to cancel its stream; `watch.revision` is where a later watch picks up.
+        """
+        return ImageWatch(self._open_watch, image_ids=image_ids, start_revision=start_revision)
+
+    def wait_for_status(
+        self,
+        image_id: str,
+        statuses: StatusLike | Iterable[StatusLike],
+        timeout: float | None,
+    ) -> pb.Image:
+        """The image once its status is one of `statuses` (words such as "active" or
+        pb.ImageStatus values; one or several), waiting at most `timeout` seconds (None:
+        no bound) for the whole wait, GetImage and resumed streams included.
+
+        Gets the image, returns it at once when it is in one of the statuses, else
+        watches it from its revision (no polling, no change missed) and returns it as the
+        first event that brings it there. Raises, all subclasses of ImagelocError
+        (imageloc.client.errors), with the image as last seen in their `image`:
+        WaitTimeoutError (DEADLINE_EXCEEDED, WAIT_TIMEOUT; also a TimeoutError) when the
+        timeout passes first; ImageDeletedError (NOT_FOUND, IMAGE_DELETED) when the image
+        is deleted (status deleted or pending_delete); StatusUnreachableError
+        (FAILED_PRECONDITION, STATUS_UNREACHABLE) when its status can no longer reach any
+        of them by Glance's transitions (killed, waiting for active; active, waiting for
+        queued). A missing image is the server's NOT_FOUND ImagelocError, other refusals
+        are ImagelocError as from any call, and ValueError is an unknown status word.
+        """
+        return wait_for_status(
+            image_id=image_id,
+            statuses=statuses,
+            timeout=timeout,
+            get_image=self._get_image_within,
+            open_stream=self._open_watch,
+        )
 
     # Lifecycle.
 

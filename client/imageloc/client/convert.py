@@ -20,6 +20,7 @@ LocationLike: TypeAlias = pb.Location | str | tuple[str, MetadataLike | None] | 
 ValidationLike: TypeAlias = pb.ValidationData | Mapping[str, str]
 
 _STATUS_PREFIX = "IMAGE_STATUS_"
+_EVENT_TYPE_PREFIX = "IMAGE_EVENT_TYPE_"
 _VISIBILITY_PREFIX = "IMAGE_VISIBILITY_"
 _VALIDATION_KEYS = frozenset({"checksum", "os_hash_algo", "os_hash_value"})
 _LOCATION_KEYS = frozenset({"url", "metadata"})
@@ -57,6 +58,14 @@ def status_word(status: pb.ImageStatus.ValueType) -> str:
         return pb.ImageStatus.Name(status).removeprefix(_STATUS_PREFIX).lower()
     except ValueError:
         return str(int(status))
+
+
+def event_type_word(event_type: pb.ImageEventType.ValueType) -> str:
+    """The word of an event type ("created", "updated", "deleted"); the number if unknown."""
+    try:
+        return pb.ImageEventType.Name(event_type).removeprefix(_EVENT_TYPE_PREFIX).lower()
+    except ValueError:
+        return str(int(event_type))
 
 
 def parse_visibility(visibility: VisibilityLike | None) -> pb.ImageVisibility.ValueType:

@@ -1,9 +1,13 @@
 """ImagelocError: a refusal from the imageloc server, decoded from its gRPC rich status.
 
-Reads the google.rpc.Status in the grpc-status-details-bin trailer; imports grpc and google.rpc.
+Reads the google.rpc.Status in the grpc-status-details-bin trailer; the WaitError family is
+the client's own verdict of a wait_for_status. Imports grpc, google.rpc and the generated stubs.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import ClassVar
 
 import grpc
 
@@ -11,7 +15,14 @@ import grpc
 from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped, unused-ignore]
 from grpc_status import rpc_status
 
+from imageloc.client.convert import status_word
+from imageloc.v1 import image_service_pb2 as pb
+
 ERROR_DOMAIN = "imageloc"
+
+#: WatchImages refusals the client acts on (docs/errors.md).
+REVISION_COMPACTED = "REVISION_COMPACTED"
+WATCHER_TOO_SLOW = "WATCHER_TOO_SLOW"
 
 
 class ImagelocError(Exception):
@@ -71,6 +82,55 @@ class ImagelocError(Exception):
             f"ImagelocError(code={self.code_name}, reason={self.reason!r}, "
             f"message={self.message!r}, metadata={self.metadata!r})"
         )
+
+
+class WaitError(ImagelocError):
+    """wait_for_status gave up before the image reached one of the statuses waited for.
+
+    The client's verdict, not a refusal of the server: `domain` is empty and `reason` is
+    WAIT_TIMEOUT, IMAGE_DELETED or STATUS_UNREACHABLE. `image` is the image as last seen
+    (None when GetImage had not answered); `metadata` holds `imageId`, `statuses` (the
+    ones waited for, comma-separated words) and `status` (the last one seen, when known).
+    """
+
+    CODE: ClassVar[grpc.StatusCode] = grpc.StatusCode.UNKNOWN
+    REASON: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        image_id: str,
+        statuses: Iterable[pb.ImageStatus.ValueType],
+        image: pb.Image | None = None,
+    ) -> None:
+        metadata = {"imageId": image_id, "statuses": ",".join(status_word(s) for s in statuses)}
+        if image is not None:
+            metadata["status"] = status_word(image.status)
+        super().__init__(self.CODE, message, reason=self.REASON, metadata=metadata)
+        self.image = image
+
+
+class WaitTimeoutError(WaitError, TimeoutError):
+    """The timeout passed first (DEADLINE_EXCEEDED, WAIT_TIMEOUT); also a TimeoutError."""
+
+    CODE = grpc.StatusCode.DEADLINE_EXCEEDED
+    REASON = "WAIT_TIMEOUT"
+
+
+class ImageDeletedError(WaitError):
+    """The image was deleted, status deleted or pending_delete (NOT_FOUND, IMAGE_DELETED)."""
+
+    CODE = grpc.StatusCode.NOT_FOUND
+    REASON = "IMAGE_DELETED"
+
+
+class StatusUnreachableError(WaitError):
+    """The image is in a status from which Glance's transitions reach none of the statuses
+    waited for, as killed for active (FAILED_PRECONDITION, STATUS_UNREACHABLE)."""
+
+    CODE = grpc.StatusCode.FAILED_PRECONDITION
+    REASON = "STATUS_UNREACHABLE"
 
 
 def from_rpc_error(err: grpc.RpcError) -> ImagelocError:

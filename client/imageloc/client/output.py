@@ -1,4 +1,4 @@
-"""How the imageloc CLI shows images, locations and refusals: readable text or JSON.
+"""How the imageloc CLI shows images, locations, events and refusals: readable text or JSON.
 
 Pure functions from messages and errors to strings; the CLI decides where they go.
 """
@@ -12,7 +12,7 @@ from typing import Any
 from google.protobuf import json_format, timestamp_pb2
 from google.protobuf.message import Message
 
-from imageloc.client.convert import from_struct, status_word, visibility_word
+from imageloc.client.convert import event_type_word, from_struct, status_word, visibility_word
 from imageloc.client.errors import ImagelocError
 from imageloc.v1 import image_service_pb2 as pb
 
@@ -80,6 +80,16 @@ def locations_text(image: pb.Image) -> str:
 def image_line(image: pb.Image) -> str:
     """One line for a listing: id, status, name."""
     return f"{image.id}  {status_word(image.status):<14}  {image.name}"
+
+
+def event_line(event: pb.ImageEvent) -> str:
+    """One line for a watch: revision, type, then the image's id, status and name."""
+    return f"{event.revision:<6}  {event_type_word(event.type):<7}  {image_line(event.image)}"
+
+
+def event_json(event: pb.ImageEvent) -> str:
+    """An event as a JSON object on one line, for a stream of them."""
+    return json.dumps(message_dict(event))
 
 
 def error_text(error: ImagelocError, *, server: str) -> str:

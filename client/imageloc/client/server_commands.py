@@ -57,6 +57,20 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="S",
         help="the longest a stop takes, drain included ($IMAGELOC_GRACE_SECONDS)",
     )
+    serve.add_argument(
+        "--watch-progress-seconds",
+        type=float,
+        metavar="S",
+        help="an idle WatchImages stream gets the current revision at least this often"
+        " (default 10; $IMAGELOC_WATCH_PROGRESS_SECONDS)",
+    )
+    serve.add_argument(
+        "--watch-retention-seconds",
+        type=float,
+        metavar="S",
+        help="how long the change log keeps changes to resume from"
+        " (default 86400; $IMAGELOC_WATCH_RETENTION_SECONDS)",
+    )
     _add_security(serve)
     db = commands.add_parser(
         "db",
@@ -161,6 +175,8 @@ def _settings(args: argparse.Namespace) -> Settings:
             "location_quota": args.location_quota,
             "drain_seconds": args.drain_seconds,
             "grace_seconds": args.grace_seconds,
+            "watch_progress_seconds": args.watch_progress_seconds,
+            "watch_retention_seconds": args.watch_retention_seconds,
             "delayed_delete": args.delayed_delete,
             "location_schemes": (
                 None if args.location_schemes is None else parse_schemes(args.location_schemes)

@@ -1,8 +1,9 @@
 // ImageClient: a typed wrapper over the generated ImageService on a gRPC (HTTP/2)
 // transport with keepalive and the shipped service config; refusals throw ImagelocError.
+// The watch logic (ImageWatch, waitForStatus) lives in watch.ts.
 import { randomUUID } from "node:crypto";
 import type { DescMessage, MessageInitShape } from "@bufbuild/protobuf";
-import { type CallOptions, type Client, type Interceptor, createClient } from "@connectrpc/connect";
+import { type CallOptions, type Client, Code, ConnectError, type Interceptor, createClient } from "@connectrpc/connect";
 import { Http2SessionManager, createGrpcTransport } from "@connectrpc/connect-node";
 import {
   type AddLocationRequestSchema,
@@ -16,6 +17,7 @@ import {
   type GetImageRequestSchema,
   type Image,
   ImageService,
+  type ImageStatus,
   type ListImagesRequestSchema,
   type ReactivateImageRequestSchema,
   type RemoveLocationRequestSchema,
@@ -24,6 +26,7 @@ import {
 } from "../../../generated/ts/imageloc/v1/image_service_pb.js";
 import { ImagelocError } from "./errors.js";
 import { ServiceConfig, serviceConfigInterceptor } from "./service-config.js";
+import { ImageWatch, type WaitOptions, type WatchImagesInit, type WatchOptions, waitForStatus } from "./watch.js";
 
 /** HTTP/2 keepalive, as the Python client: the server accepts pings every >= 10 s. */
 export const KEEPALIVE = { pingIntervalMs: 30_000, pingTimeoutMs: 10_000, pingIdleConnection: true } as const;
@@ -54,6 +57,8 @@ type Init<T extends DescMessage> = MessageInitShape<T>;
 export class ImageClient {
   private readonly session: Http2SessionManager;
   private readonly rpc: Client<typeof ImageService>;
+  /** Aborted by close(): ends the watches, which would otherwise resume. */
+  private readonly closed = new AbortController();
 
   /**
    * target is "host:port" (plaintext, or TLS when options.tls is given) or a URL such as
@@ -77,8 +82,9 @@ export class ImageClient {
     this.rpc = createClient(ImageService, transport);
   }
 
-  /** Closes the HTTP/2 connection. */
+  /** Closes the HTTP/2 connection; open watches end with an ImagelocError of code Canceled. */
   close(): void {
+    this.closed.abort(new ConnectError("the client was closed", Code.Canceled));
     this.session.abort();
   }
 
@@ -143,6 +149,25 @@ export class ImageClient {
   /** The ReplaceLocation RPC: sets the whole location list. */
   replaceLocations(req: Init<typeof ReplaceLocationRequestSchema>, opt?: CallOptions): Promise<Image> {
     return image(this.rpc.replaceLocation(withRequestId(req), opt));
+  }
+
+  /**
+   * Every committed change to the images watched, once, in revision order, resuming by
+   * itself after UNAVAILABLE or WATCHER_TOO_SLOW (ImageWatch). No deadline applies; the
+   * token rides on every stream. `for await (const event of client.watchImages(...))`.
+   */
+  watchImages(req: WatchImagesInit = {}, opt: WatchOptions = {}): ImageWatch {
+    const signal = opt.signal ? AbortSignal.any([opt.signal, this.closed.signal]) : this.closed.signal;
+    return new ImageWatch(this.rpc, req, { ...opt, signal });
+  }
+
+  /**
+   * The image once its status is one of statuses: GetImage, then a watch from its
+   * revision. Rejects with WaitError (WAIT_TIMEOUT, IMAGE_DELETED, STATUS_UNREACHABLE)
+   * or the ImagelocError of a refused call.
+   */
+  waitForStatus(imageId: string, statuses: ImageStatus | Iterable<ImageStatus>, opt: WaitOptions): Promise<Image> {
+    return waitForStatus(this, imageId, statuses, opt);
   }
 }
 

@@ -10,7 +10,7 @@ import { after, before, describe, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { Code, type Interceptor } from "@connectrpc/connect";
 import { PreconditionFailureSchema } from "../../../generated/ts/google/rpc/error_details_pb.js";
-import { ImageClient, ImageService, ImageStatus, ImagelocError, ServiceConfig } from "../src/index.js";
+import { ImageClient, ImageEventType, ImageService, ImageStatus, ImagelocError, ServiceConfig } from "../src/index.js";
 
 const REPO_ROOT = fileURLToPath(new URL("../../../", import.meta.url));
 const SERVER_BIN = path.join(REPO_ROOT, ".venv", "bin", "imageloc");
@@ -135,6 +135,25 @@ describe("ImageClient against imageloc serve", () => {
     assert.equal(err.metadata["imageId"], saving.id);
     assert.equal(err.cause.findDetails(PreconditionFailureSchema).length, 1);
     assert.ok(err.violations.length > 0);
+  });
+
+  test("watchImages streams an image's changes and waitForStatus waits for active", async () => {
+    const queued = await client.createImage({ name: "watched", diskFormat: "qcow2", containerFormat: "bare" });
+    const waiting = client.waitForStatus(queued.id, [ImageStatus.ACTIVE], { timeoutMs: 10_000 });
+    const watch = client.watchImages({ imageIds: [queued.id], startRevision: queued.revision });
+    await client.addLocation({ imageId: queued.id, location: { url: URL_A } });
+    const active = await waiting;
+    assert.equal(active.status, ImageStatus.ACTIVE);
+    const seen = [];
+    for await (const event of watch) {
+      seen.push(event);
+      if (event.image?.status === ImageStatus.ACTIVE) break;
+    }
+    assert.deepEqual(
+      seen.map((e) => [e.revision, e.type]),
+      [[queued.revision + 1n, ImageEventType.UPDATED]],
+    );
+    assert.deepEqual(seen[0].image, active);
   });
 
   test("listImages pages through every image", async () => {

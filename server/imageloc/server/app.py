@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from types import FrameType
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
@@ -30,9 +30,11 @@ from imageloc.server.rpc.drain import Admission
 from imageloc.server.rpc.health import DrainingHealth
 from imageloc.server.rpc.servicer import ImageServicer, add_to_server
 from imageloc.server.rpc.store_calls import InlineCalls, StoreCalls, ThreadedCalls
+from imageloc.server.rpc.watch import watch_handler
 from imageloc.server.service import ImageService
 from imageloc.server.store import SqlStore, is_embedded
 from imageloc.server.store.engine import SQLITE_BUSY_TIMEOUT_MS
+from imageloc.server.watch.feed import ChangeFeed
 from imageloc.v1 import image_service_pb2 as pb
 
 log = logging.getLogger("imageloc.server")
@@ -87,11 +89,16 @@ class Server:
     maintenance: Maintenance
     loop: LoopThread
     calls: StoreCalls
+    feed: ChangeFeed
 
     def start(self) -> None:
-        """Accept calls; health follows the store from now on."""
-        self.loop.run(self.grpc_server.start())
+        """Accept calls; health follows the store from now on, the feed the change log."""
+        self.loop.run(self._start())
         self.maintenance.start()
+
+    async def _start(self) -> None:
+        self.feed.start()
+        await self.grpc_server.start()
 
     def stop(self, grace: float | None, *, drain: float = 0.0) -> None:
         """Stop within grace seconds (None: at once, cancelling calls), then close the store.
@@ -110,6 +117,7 @@ class Server:
         else:
             time.sleep(max(0.0, min(drain, deadline - time.monotonic())))
             self.loop.run(self._drain(deadline))
+        self.loop.run(self.feed.stop())
         self.calls.close()
         self.store.dispose()
         self.loop.close()
@@ -158,7 +166,7 @@ def build_server(settings: Settings) -> Server:
     )
     loop = LoopThread("imageloc-server")
     try:
-        server, health_servicer, admission, port = loop.run(
+        server, health_servicer, admission, port, feed = loop.run(
             _grpc_server(
                 settings,
                 ImageServicer(service, security.authority, security.audit),
@@ -179,6 +187,7 @@ def build_server(settings: Settings) -> Server:
         check_seconds=settings.health_check_seconds,
         prune_seconds=3600.0,
         retention=datetime.timedelta(seconds=settings.request_retention_seconds),
+        change_retention=datetime.timedelta(seconds=settings.watch_retention_seconds),
     )
     return Server(
         grpc_server=server,
@@ -189,6 +198,7 @@ def build_server(settings: Settings) -> Server:
         maintenance=maintenance,
         loop=loop,
         calls=calls,
+        feed=feed,
     )
 
 
@@ -197,11 +207,21 @@ async def _grpc_server(
     servicer: ImageServicer,
     calls: StoreCalls,
     credentials: grpc.ServerCredentials | None,
-) -> tuple[grpc.aio.Server, DrainingHealth, Admission, int]:
+) -> tuple[grpc.aio.Server, DrainingHealth, Admission, int, ChangeFeed]:
     """The grpc.aio server, built on the loop that will run it; TLS with credentials."""
     server = grpc.aio.server(options=SERVER_OPTIONS)
     admission = Admission()
-    add_to_server(servicer, server, calls, admission)
+
+    async def read_changes(after: int, limit: int) -> tuple[Any, Any]:
+        return await calls.run(lambda: servicer.service.changes_after(after, limit))
+
+    feed = ChangeFeed(read_changes)
+    watch = watch_handler(
+        servicer, feed, read_changes, admission, progress_seconds=settings.watch_progress_seconds
+    )
+    add_to_server(
+        servicer, server, calls, admission, streams={"WatchImages": watch}, on_write=feed.wake
+    )
     health_servicer = DrainingHealth(admission)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -217,7 +237,7 @@ async def _grpc_server(
         port = 0
     if port == 0:
         raise OSError(f"cannot listen on {settings.listen}: in use, or not an address here")
-    return server, health_servicer, admission, port
+    return server, health_servicer, admission, port, feed
 
 
 def serve(settings: Settings) -> NoReturn:

@@ -33,6 +33,9 @@ class Settings:
     max_workers: int = 8
     health_check_seconds: float = 2.0
     request_retention_seconds: float = 86_400.0
+    # WatchImages (docs/api.md): progress messages, and how long the change log is kept.
+    watch_progress_seconds: float = 10.0
+    watch_retention_seconds: float = 86_400.0
     # Who may call (docs/security.md).
     auth: str = "none"
     allow_unauthenticated: bool = False
@@ -52,6 +55,10 @@ class Settings:
 
     def check(self) -> None:
         """Refuse settings that cannot serve safely; ValueError says why, in one line."""
+        if not self.watch_progress_seconds > 0:
+            raise ValueError("--watch-progress-seconds must be above 0")
+        if not self.watch_retention_seconds > 0:
+            raise ValueError("--watch-retention-seconds must be above 0")
         if self.auth not in AUTH_MODES:
             raise ValueError(f"--auth must be one of {', '.join(AUTH_MODES)}, not {self.auth!r}")
         if self.auth == "none" and not self.allow_unauthenticated and not is_loopback(self.listen):
@@ -101,6 +108,12 @@ class Settings:
             ),
             request_retention_seconds=float(
                 env.get("IMAGELOC_REQUEST_RETENTION_SECONDS", base.request_retention_seconds)
+            ),
+            watch_progress_seconds=float(
+                env.get("IMAGELOC_WATCH_PROGRESS_SECONDS", base.watch_progress_seconds)
+            ),
+            watch_retention_seconds=float(
+                env.get("IMAGELOC_WATCH_RETENTION_SECONDS", base.watch_retention_seconds)
             ),
             auth=env.get("IMAGELOC_AUTH", base.auth),
             allow_unauthenticated=parse_bool(env.get("IMAGELOC_ALLOW_UNAUTHENTICATED", "false")),

@@ -27,6 +27,8 @@ class MaintainedStore(Protocol):
 
     def prune_requests(self, *, before: datetime.datetime) -> int: ...
 
+    def prune_changes(self, *, before: datetime.datetime) -> int: ...
+
 
 #: A store that has not answered a check within this long counts as unavailable.
 CHECK_TIMEOUT_SECONDS = 3.0
@@ -46,7 +48,7 @@ class Maintenance:
 
     Health is SERVING while the store answers and NOT_SERVING while it does not; it comes
     back by itself when the store does. Every `prune_seconds` it forgets idempotent
-    requests' outcomes older than `retention`.
+    requests' outcomes older than `retention`, and changes older than `change_retention`.
     """
 
     def __init__(
@@ -58,6 +60,7 @@ class Maintenance:
         check_seconds: float,
         prune_seconds: float,
         retention: datetime.timedelta,
+        change_retention: datetime.timedelta | None = None,
     ) -> None:
         self._store = store
         self._set_health = set_health
@@ -65,6 +68,7 @@ class Maintenance:
         self._check_seconds = check_seconds
         self._prune_seconds = prune_seconds
         self._retention = retention
+        self._change_retention = change_retention
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="imageloc-maintenance", daemon=True)
         self._serving: bool | None = None
@@ -122,8 +126,13 @@ class Maintenance:
         return outcome[0]
 
     def prune_once(self) -> int:
-        """Forget request outcomes older than the retention; how many were forgotten."""
-        return self._store.prune_requests(before=utc_now() - self._retention)
+        """Forget request outcomes older than the retention, and changes older than theirs
+        (the compact revision moves on); how many request outcomes were forgotten."""
+        now = utc_now()
+        forgotten = self._store.prune_requests(before=now - self._retention)
+        if self._change_retention is not None:
+            self._store.prune_changes(before=now - self._change_retention)
+        return forgotten
 
     def _run(self) -> None:
         next_prune = 0.0

@@ -22,17 +22,20 @@ from imageloc.server.domain.access import UNRESTRICTED, CallerAccess
 from imageloc.server.domain.errors import DomainError, Reason, image_not_found
 from imageloc.server.domain.model import (
     GONE_STATUSES,
+    Change,
     Image,
     ImageStatus,
     Location,
     ValidationData,
     Visibility,
+    change_type,
 )
 from imageloc.server.domain.policy import LocationPolicy
 from imageloc.server.domain.ports import (
     DeadlineExceededError,
     ListCursor,
     RequestKey,
+    StoreHead,
     UnitOfWork,
     UnitOfWorkFactory,
 )
@@ -69,6 +72,8 @@ class Page:
 
     images: Sequence[Image]
     next_page_token: str
+    #: The store revision the page was read at.
+    revision: int = 0
 
 
 class ImageService:
@@ -152,10 +157,19 @@ class ImageService:
         scope = self._access.listing(visibility)
         with self._uow(for_write=False, deadline=self._deadline) as uow:
             found = list(uow.images.list(limit=limit + 1, after=after, status=status, scope=scope))
+            revision = uow.changes.head().revision  # the page's snapshot: watch from here
         page = found[:limit]
         token = page_token_after(page[-1], filters) if len(found) > limit else ""
         images = [image for image in page if self._access.may_see(image)]
-        return Page(images=images, next_page_token=token)
+        return Page(images=images, next_page_token=token, revision=revision)
+
+    def changes_after(self, revision: int, limit: int) -> tuple[Sequence[Change], StoreHead]:
+        """Up to limit committed changes above revision, and the store's head, in one snapshot.
+
+        Not filtered by the caller's access: the change feed asks it per change.
+        """
+        with self._uow(for_write=False, deadline=self._deadline) as uow:
+            return uow.changes.after(revision, limit=limit), uow.changes.head()
 
     # Creation and deletion
 
@@ -203,7 +217,8 @@ class ImageService:
             with self._uow(for_write=True, deadline=self._deadline) as uow:
                 if (answered := self._answered_before(uow)) is not None:
                     return answered
-                if not uow.images.add(image):
+                created = dataclasses.replace(image, store_revision=uow.changes.next_revision())
+                if not uow.images.add(created):
                     # The id may be taken by a concurrent attempt of this same request,
                     # whose insert this one waited for.
                     if (answered := self._answered_before(uow)) is not None:
@@ -214,9 +229,10 @@ class ImageService:
                         image_id=new_id,
                         field="id",
                     )
-                if self._record(uow, image):
+                if self._record(uow, created):
+                    uow.changes.append(_change(None, created, now))
                     uow.commit()
-                    return image
+                    return created
         raise ConcurrentUpdateError(f"request {self._request} kept colliding")
 
     def delete_image(self, image_id: str, *, etag: str | None = None) -> Image:
@@ -369,10 +385,15 @@ class ImageService:
                         uow.commit()
                         return current
                     continue
+                now = self._clock()
                 changed = dataclasses.replace(
-                    decided, revision=current.revision + 1, updated_at=self._clock()
+                    decided,
+                    revision=current.revision + 1,
+                    updated_at=now,
+                    store_revision=uow.changes.next_revision(),
                 )
                 if uow.images.save(current, changed) and self._record(uow, changed):
+                    uow.changes.append(_change(current, changed, now))
                     uow.commit()
                     return changed
         raise ConcurrentUpdateError(
@@ -404,6 +425,13 @@ class ImageService:
         if self._request is None:
             return True
         return uow.requests.record(self._request, image, at=self._clock())
+
+
+def _change(old: Image | None, new: Image, at: datetime.datetime) -> Change:
+    """The change log's entry for turning old (None: nothing) into new, committed at `at`."""
+    return Change(
+        revision=new.store_revision, type=change_type(old, new), image=new, commit_time=at
+    )
 
 
 def _visible(image: Image | None, image_id: str) -> Image:

@@ -113,6 +113,34 @@ IMAGE_VISIBILITY_COMMUNITY: ImageVisibility.ValueType  # 4
 """Everyone, without being listed by default."""
 Global___ImageVisibility: _TypeAlias = ImageVisibility  # noqa: Y015
 
+class _ImageEventType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ImageEventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ImageEventType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    IMAGE_EVENT_TYPE_UNSPECIFIED: _ImageEventType.ValueType  # 0
+    """Never sent."""
+    IMAGE_EVENT_TYPE_CREATED: _ImageEventType.ValueType  # 1
+    """The image was created."""
+    IMAGE_EVENT_TYPE_UPDATED: _ImageEventType.ValueType  # 2
+    """The image changed (status, locations, properties)."""
+    IMAGE_EVENT_TYPE_DELETED: _ImageEventType.ValueType  # 3
+    """The image was deleted (status deleted or pending_delete)."""
+
+class ImageEventType(_ImageEventType, metaclass=_ImageEventTypeEnumTypeWrapper):
+    """ImageEventType says what a change did to an image."""
+
+IMAGE_EVENT_TYPE_UNSPECIFIED: ImageEventType.ValueType  # 0
+"""Never sent."""
+IMAGE_EVENT_TYPE_CREATED: ImageEventType.ValueType  # 1
+"""The image was created."""
+IMAGE_EVENT_TYPE_UPDATED: ImageEventType.ValueType  # 2
+"""The image changed (status, locations, properties)."""
+IMAGE_EVENT_TYPE_DELETED: ImageEventType.ValueType  # 3
+"""The image was deleted (status deleted or pending_delete)."""
+Global___ImageEventType: _TypeAlias = ImageEventType  # noqa: Y015
+
 @_typing.final
 class Location(_message.Message):
     """Location is one place that holds an image's data."""
@@ -194,6 +222,7 @@ class Image(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
     LOCATIONS_HIDDEN_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The image id, a UUID in canonical lowercase form."""
     name: _builtins.str
@@ -229,6 +258,10 @@ class Image(_message.Message):
     project) or fetch_image_location (a service); a deactivated image shows
     them to admins only.
     """
+    revision: _builtins.int
+    """The store revision of the image's last change (WatchImages): strictly
+    increasing across the whole store, in commit order.
+    """
     @_builtins.property
     def locations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Location]:
         """The locations, in the order they were set."""
@@ -261,10 +294,11 @@ class Image(_message.Message):
         update_time: _timestamp_pb2.Timestamp | None = ...,
         etag: _builtins.str = ...,
         locations_hidden: _builtins.bool = ...,
+        revision: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checksum", b"checksum", "container_format", b"container_format", "create_time", b"create_time", "disk_format", b"disk_format", "etag", b"etag", "id", b"id", "locations", b"locations", "locations_hidden", b"locations_hidden", "name", b"name", "os_hash_algo", b"os_hash_algo", "os_hash_value", b"os_hash_value", "owner", b"owner", "protected", b"protected", "size", b"size", "status", b"status", "update_time", b"update_time", "visibility", b"visibility"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checksum", b"checksum", "container_format", b"container_format", "create_time", b"create_time", "disk_format", b"disk_format", "etag", b"etag", "id", b"id", "locations", b"locations", "locations_hidden", b"locations_hidden", "name", b"name", "os_hash_algo", b"os_hash_algo", "os_hash_value", b"os_hash_value", "owner", b"owner", "protected", b"protected", "revision", b"revision", "size", b"size", "status", b"status", "update_time", b"update_time", "visibility", b"visibility"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -460,8 +494,13 @@ class ListImagesResponse(_message.Message):
 
     IMAGES_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
     """Pass it as page_token for the next page; empty on the last page."""
+    revision: _builtins.int
+    """The store revision this page was read at (in the same snapshot): watch
+    from it to miss no change made after the page.
+    """
     @_builtins.property
     def images(self) -> _containers.RepeatedCompositeFieldContainer[Global___Image]:
         """The images of this page, newest first."""
@@ -471,10 +510,11 @@ class ListImagesResponse(_message.Message):
         *,
         images: _abc.Iterable[Global___Image] | None = ...,
         next_page_token: _builtins.str = ...,
+        revision: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["images", b"images", "next_page_token", b"next_page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["images", b"images", "next_page_token", b"next_page_token", "revision", b"revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1207,3 +1247,105 @@ class ReplaceLocationResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReplaceLocationResponse: _TypeAlias = ReplaceLocationResponse  # noqa: Y015
+
+@_typing.final
+class WatchImagesRequest(_message.Message):
+    """WatchImagesRequest is the request of WatchImages."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IMAGE_IDS_FIELD_NUMBER: _builtins.int
+    START_REVISION_FIELD_NUMBER: _builtins.int
+    start_revision: _builtins.int
+    """Deliver every change with a revision greater than this one; 0: only the
+    changes committed after the stream starts.
+    """
+    @_builtins.property
+    def image_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The images to watch (ids need not exist yet); empty: every image the
+        caller may see.
+        """
+
+    def __init__(
+        self,
+        *,
+        image_ids: _abc.Iterable[_builtins.str] | None = ...,
+        start_revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["image_ids", b"image_ids", "start_revision", b"start_revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchImagesRequest: _TypeAlias = WatchImagesRequest  # noqa: Y015
+
+@_typing.final
+class WatchImagesResponse(_message.Message):
+    """WatchImagesResponse is one message of the WatchImages stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    revision: _builtins.int
+    """The store revision the stream has caught up to (the store's, also on a
+    filtered stream): no later event has a revision at or below it.
+    """
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___ImageEvent]:
+        """The changes, in revision order; empty in a progress message."""
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___ImageEvent] | None = ...,
+        revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "revision", b"revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchImagesResponse: _TypeAlias = WatchImagesResponse  # noqa: Y015
+
+@_typing.final
+class ImageEvent(_message.Message):
+    """ImageEvent is one committed change to an image."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVISION_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    IMAGE_FIELD_NUMBER: _builtins.int
+    COMMIT_TIME_FIELD_NUMBER: _builtins.int
+    revision: _builtins.int
+    """The store revision of the change."""
+    type: Global___ImageEventType.ValueType
+    """What the change did."""
+    @_builtins.property
+    def image(self) -> Global___Image:
+        """The image after the change (for a deletion, its last state), with
+        locations hidden as GetImage hides them from this caller.
+        """
+
+    @_builtins.property
+    def commit_time(self) -> _timestamp_pb2.Timestamp:
+        """When the change committed."""
+
+    def __init__(
+        self,
+        *,
+        revision: _builtins.int = ...,
+        type: Global___ImageEventType.ValueType = ...,
+        image: Global___Image | None = ...,
+        commit_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["commit_time", b"commit_time", "image", b"image"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["commit_time", b"commit_time", "image", b"image", "revision", b"revision", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImageEvent: _TypeAlias = ImageEvent  # noqa: Y015

@@ -111,6 +111,11 @@ class ImageServiceStub:
                 request_serializer=imageloc_dot_v1_dot_image__service__pb2.ReplaceLocationRequest.SerializeToString,
                 response_deserializer=imageloc_dot_v1_dot_image__service__pb2.ReplaceLocationResponse.FromString,
                 _registered_method=True)
+        self.WatchImages = channel.unary_stream(
+                '/imageloc.v1.ImageService/WatchImages',
+                request_serializer=imageloc_dot_v1_dot_image__service__pb2.WatchImagesRequest.SerializeToString,
+                response_deserializer=imageloc_dot_v1_dot_image__service__pb2.WatchImagesResponse.FromString,
+                _registered_method=True)
 
 
 class ImageServiceServicer:
@@ -274,6 +279,22 @@ class ImageServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchImages(self, request, context):
+        """WatchImages streams every committed change to the images watched (all the
+        caller may see when image_ids is empty), each once, in one global revision
+        order, from any replica. The first response comes at once; with nothing to
+        send, a response without events carries the current revision at least every
+        --watch-progress-seconds. List, then watch from ListImagesResponse.revision;
+        resume with the last revision received (docs/api.md).
+        Errors: OUT_OF_RANGE REVISION_COMPACTED (start_revision older than the
+        retained log: list again); INVALID_ARGUMENT FUTURE_REVISION or
+        INVALID_REQUEST; RESOURCE_EXHAUSTED WATCHER_TOO_SLOW (resume from the
+        `revision` in its metadata); UNAVAILABLE (resume on another replica).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ImageServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -346,6 +367,11 @@ def add_ImageServiceServicer_to_server(servicer, server):
                     servicer.ReplaceLocation,
                     request_deserializer=imageloc_dot_v1_dot_image__service__pb2.ReplaceLocationRequest.FromString,
                     response_serializer=imageloc_dot_v1_dot_image__service__pb2.ReplaceLocationResponse.SerializeToString,
+            ),
+            'WatchImages': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchImages,
+                    request_deserializer=imageloc_dot_v1_dot_image__service__pb2.WatchImagesRequest.FromString,
+                    response_serializer=imageloc_dot_v1_dot_image__service__pb2.WatchImagesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -733,6 +759,33 @@ class ImageService:
             '/imageloc.v1.ImageService/ReplaceLocation',
             imageloc_dot_v1_dot_image__service__pb2.ReplaceLocationRequest.SerializeToString,
             imageloc_dot_v1_dot_image__service__pb2.ReplaceLocationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchImages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/imageloc.v1.ImageService/WatchImages',
+            imageloc_dot_v1_dot_image__service__pb2.WatchImagesRequest.SerializeToString,
+            imageloc_dot_v1_dot_image__service__pb2.WatchImagesResponse.FromString,
             options,
             channel_credentials,
             insecure,

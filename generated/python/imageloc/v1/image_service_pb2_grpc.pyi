@@ -143,6 +143,18 @@ class ImageServiceStub:
     ALREADY_EXISTS DUPLICATE_LOCATION; RESOURCE_EXHAUSTED
     LOCATION_QUOTA_EXCEEDED; ABORTED ETAG_MISMATCH.
     """
+    WatchImages: _grpc.UnaryStreamMultiCallable[_image_service_pb2.WatchImagesRequest, _image_service_pb2.WatchImagesResponse]
+    """WatchImages streams every committed change to the images watched (all the
+    caller may see when image_ids is empty), each once, in one global revision
+    order, from any replica. The first response comes at once; with nothing to
+    send, a response without events carries the current revision at least every
+    --watch-progress-seconds. List, then watch from ListImagesResponse.revision;
+    resume with the last revision received (docs/api.md).
+    Errors: OUT_OF_RANGE REVISION_COMPACTED (start_revision older than the
+    retained log: list again); INVALID_ARGUMENT FUTURE_REVISION or
+    INVALID_REQUEST; RESOURCE_EXHAUSTED WATCHER_TOO_SLOW (resume from the
+    `revision` in its metadata); UNAVAILABLE (resume on another replica).
+    """
 
 @_typing.type_check_only
 class ImageServiceAsyncStub(ImageServiceStub):
@@ -250,6 +262,18 @@ class ImageServiceAsyncStub(ImageServiceStub):
     LOCATIONS_NOT_EMPTY, VALIDATION_DATA_CONFLICT or MISSING_FORMAT;
     ALREADY_EXISTS DUPLICATE_LOCATION; RESOURCE_EXHAUSTED
     LOCATION_QUOTA_EXCEEDED; ABORTED ETAG_MISMATCH.
+    """
+    WatchImages: _aio.UnaryStreamMultiCallable[_image_service_pb2.WatchImagesRequest, _image_service_pb2.WatchImagesResponse]  # type: ignore[assignment]
+    """WatchImages streams every committed change to the images watched (all the
+    caller may see when image_ids is empty), each once, in one global revision
+    order, from any replica. The first response comes at once; with nothing to
+    send, a response without events carries the current revision at least every
+    --watch-progress-seconds. List, then watch from ListImagesResponse.revision;
+    resume with the last revision received (docs/api.md).
+    Errors: OUT_OF_RANGE REVISION_COMPACTED (start_revision older than the
+    retained log: list again); INVALID_ARGUMENT FUTURE_REVISION or
+    INVALID_REQUEST; RESOURCE_EXHAUSTED WATCHER_TOO_SLOW (resume from the
+    `revision` in its metadata); UNAVAILABLE (resume on another replica).
     """
 
 class ImageServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -439,6 +463,24 @@ class ImageServiceServicer(metaclass=_abc_1.ABCMeta):
         LOCATIONS_NOT_EMPTY, VALIDATION_DATA_CONFLICT or MISSING_FORMAT;
         ALREADY_EXISTS DUPLICATE_LOCATION; RESOURCE_EXHAUSTED
         LOCATION_QUOTA_EXCEEDED; ABORTED ETAG_MISMATCH.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchImages(
+        self,
+        request: _image_service_pb2.WatchImagesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_image_service_pb2.WatchImagesResponse], _abc.AsyncIterator[_image_service_pb2.WatchImagesResponse]]:
+        """WatchImages streams every committed change to the images watched (all the
+        caller may see when image_ids is empty), each once, in one global revision
+        order, from any replica. The first response comes at once; with nothing to
+        send, a response without events carries the current revision at least every
+        --watch-progress-seconds. List, then watch from ListImagesResponse.revision;
+        resume with the last revision received (docs/api.md).
+        Errors: OUT_OF_RANGE REVISION_COMPACTED (start_revision older than the
+        retained log: list again); INVALID_ARGUMENT FUTURE_REVISION or
+        INVALID_REQUEST; RESOURCE_EXHAUSTED WATCHER_TOO_SLOW (resume from the
+        `revision` in its metadata); UNAVAILABLE (resume on another replica).
         """
 
 def add_ImageServiceServicer_to_server(servicer: ImageServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -21,7 +21,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file imageloc/v1/image_service.proto.
  */
 export const file_imageloc_v1_image_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch9pbWFnZWxvYy92MS9pbWFnZV9zZXJ2aWNlLnByb3RvEgtpbWFnZWxvYy52MSJCCghMb2NhdGlvbhILCgN1cmwYASABKAkSKQoIbWV0YWRhdGEYAiABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0Ik8KDlZhbGlkYXRpb25EYXRhEhAKCGNoZWNrc3VtGAEgASgJEhQKDG9zX2hhc2hfYWxnbxgCIAEoCRIVCg1vc19oYXNoX3ZhbHVlGAMgASgJIs8DCgVJbWFnZRIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEigKBnN0YXR1cxgDIAEoDjIYLmltYWdlbG9jLnYxLkltYWdlU3RhdHVzEigKCWxvY2F0aW9ucxgEIAMoCzIVLmltYWdlbG9jLnYxLkxvY2F0aW9uEgwKBHNpemUYBSABKAMSEAoIY2hlY2tzdW0YBiABKAkSFAoMb3NfaGFzaF9hbGdvGAcgASgJEhUKDW9zX2hhc2hfdmFsdWUYCCABKAkSEwoLZGlza19mb3JtYXQYCSABKAkSGAoQY29udGFpbmVyX2Zvcm1hdBgKIAEoCRIwCgp2aXNpYmlsaXR5GAsgASgOMhwuaW1hZ2Vsb2MudjEuSW1hZ2VWaXNpYmlsaXR5Eg0KBW93bmVyGAwgASgJEhEKCXByb3RlY3RlZBgNIAEoCBIvCgtjcmVhdGVfdGltZRgOIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYDyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEgwKBGV0YWcYECABKAkSGAoQbG9jYXRpb25zX2hpZGRlbhgRIAEoCCLgAQoSQ3JlYXRlSW1hZ2VSZXF1ZXN0EgwKBG5hbWUYASABKAkSEwoLZGlza19mb3JtYXQYAiABKAkSGAoQY29udGFpbmVyX2Zvcm1hdBgDIAEoCRIwCgp2aXNpYmlsaXR5GAQgASgOMhwuaW1hZ2Vsb2MudjEuSW1hZ2VWaXNpYmlsaXR5EhEKCXByb3RlY3RlZBgFIAEoCBIPCgJpZBgGIAEoCUgAiAEBEhIKCnJlcXVlc3RfaWQYByABKAkSEgoFb3duZXIYCCABKAlIAYgBAUIFCgNfaWRCCAoGX293bmVyIjgKE0NyZWF0ZUltYWdlUmVzcG9uc2USIQoFaW1hZ2UYASABKAsyEi5pbWFnZWxvYy52MS5JbWFnZSIjCg9HZXRJbWFnZVJlcXVlc3QSEAoIaW1hZ2VfaWQYASABKAkiNQoQR2V0SW1hZ2VSZXNwb25zZRIhCgVpbWFnZRgBIAEoCzISLmltYWdlbG9jLnYxLkltYWdlIroBChFMaXN0SW1hZ2VzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRItCgZzdGF0dXMYAyABKA4yGC5pbWFnZWxvYy52MS5JbWFnZVN0YXR1c0gAiAEBEjUKCnZpc2liaWxpdHkYBCABKA4yHC5pbWFnZWxvYy52MS5JbWFnZVZpc2liaWxpdHlIAYgBAUIJCgdfc3RhdHVzQg0KC192aXNpYmlsaXR5IlEKEkxpc3RJbWFnZXNSZXNwb25zZRIiCgZpbWFnZXMYASADKAsyEi5pbWFnZWxvYy52MS5JbWFnZRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiVgoSRGVsZXRlSW1hZ2VSZXF1ZXN0EhAKCGltYWdlX2lkGAEgASgJEhEKBGV0YWcYAiABKAlIAIgBARISCgpyZXF1ZXN0X2lkGAMgASgJQgcKBV9ldGFnIjgKE0RlbGV0ZUltYWdlUmVzcG9uc2USIQoFaW1hZ2UYASABKAsyEi5pbWFnZWxvYy52MS5JbWFnZSJWChJCZWdpblVwbG9hZFJlcXVlc3QSEAoIaW1hZ2VfaWQYASABKAkSEQoEZXRhZxgCIAEoCUgAiAEBEhIKCnJlcXVlc3RfaWQYAyABKAlCBwoFX2V0YWciOAoTQmVnaW5VcGxvYWRSZXNwb25zZRIhCgVpbWFnZRgBIAEoCzISLmltYWdlbG9jLnYxLkltYWdlIs8BChVDb21wbGV0ZVVwbG9hZFJlcXVlc3QSEAoIaW1hZ2VfaWQYASABKAkSJwoIbG9jYXRpb24YAiABKAsyFS5pbWFnZWxvYy52MS5Mb2NhdGlvbhIMCgRzaXplGAMgASgDEhAKCGNoZWNrc3VtGAQgASgJEhQKDG9zX2hhc2hfYWxnbxgFIAEoCRIVCg1vc19oYXNoX3ZhbHVlGAYgASgJEhEKBGV0YWcYByABKAlIAIgBARISCgpyZXF1ZXN0X2lkGAggASgJQgcKBV9ldGFnIjsKFkNvbXBsZXRlVXBsb2FkUmVzcG9uc2USIQoFaW1hZ2UYASABKAsyEi5pbWFnZWxvYy52MS5JbWFnZSJVChFGYWlsVXBsb2FkUmVxdWVzdBIQCghpbWFnZV9pZBgBIAEoCRIRCgRldGFnGAIgASgJSACIAQESEgoKcmVxdWVzdF9pZBgDIAEoCUIHCgVfZXRhZyI3ChJGYWlsVXBsb2FkUmVzcG9uc2USIQoFaW1hZ2UYASABKAsyEi5pbWFnZWxvYy52MS5JbWFnZSJVChFTdGFnZUltYWdlUmVxdWVzdBIQCghpbWFnZV9pZBgBIAEoCRIRCgRldGFnGAIgASgJSACIAQESEgoKcmVxdWVzdF9pZBgDIAEoCUIHCgVfZXRhZyI3ChJTdGFnZUltYWdlUmVzcG9uc2USIQoFaW1hZ2UYASABKAsyEi5pbWFnZWxvYy52MS5JbWFnZSJWChJCZWdpbkltcG9ydFJlcXVlc3QSEAoIaW1hZ2VfaWQYASABKAkSEQoEZXRhZxgCIAEoCUgAiAEBEhIKCnJlcXVlc3RfaWQYAyABKAlCBwoFX2V0YWciOAoTQmVnaW5JbXBvcnRSZXNwb25zZRIhCgVpbWFnZRgBIAEoCzISLmltYWdlbG9jLnYxLkltYWdlIloKFkRlYWN0aXZhdGVJbWFnZVJlcXVlc3QSEAoIaW1hZ2VfaWQYASABKAkSEQoEZXRhZxgCIAEoCUgAiAEBEhIKCnJlcXVlc3RfaWQYAyABKAlCBwoFX2V0YWciPAoXRGVhY3RpdmF0ZUltYWdlUmVzcG9uc2USIQoFaW1hZ2UYASABKAsyEi5pbWFnZWxvYy52MS5JbWFnZSJaChZSZWFjdGl2YXRlSW1hZ2VSZXF1ZXN0EhAKCGltYWdlX2lkGAEgASgJEhEKBGV0YWcYAiABKAlIAIgBARISCgpyZXF1ZXN0X2lkGAMgASgJQgcKBV9ldGFnIjwKF1JlYWN0aXZhdGVJbWFnZVJlc3BvbnNlEiEKBWltYWdlGAEgASgLMhIuaW1hZ2Vsb2MudjEuSW1hZ2Ui0wEKEkFkZExvY2F0aW9uUmVxdWVzdBIQCghpbWFnZV9pZBgBIAEoCRInCghsb2NhdGlvbhgCIAEoCzIVLmltYWdlbG9jLnYxLkxvY2F0aW9uEhIKBWluZGV4GAMgASgFSACIAQESNAoPdmFsaWRhdGlvbl9kYXRhGAQgASgLMhsuaW1hZ2Vsb2MudjEuVmFsaWRhdGlvbkRhdGESEQoEZXRhZxgFIAEoCUgBiAEBEhIKCnJlcXVlc3RfaWQYBiABKAlCCAoGX2luZGV4QgcKBV9ldGFnIjgKE0FkZExvY2F0aW9uUmVzcG9uc2USIQoFaW1hZ2UYASABKAsyEi5pbWFnZWxvYy52MS5JbWFnZSKDAQoVUmVtb3ZlTG9jYXRpb25SZXF1ZXN0EhAKCGltYWdlX2lkGAEgASgJEg8KBWluZGV4GAIgASgFSAASDQoDdXJsGAMgASgJSAASEQoEZXRhZxgEIAEoCUgBiAEBEhIKCnJlcXVlc3RfaWQYBSABKAlCCAoGdGFyZ2V0QgcKBV9ldGFnIjsKFlJlbW92ZUxvY2F0aW9uUmVzcG9uc2USIQoFaW1hZ2UYASABKAsyEi5pbWFnZWxvYy52MS5JbWFnZSK6AQoWUmVwbGFjZUxvY2F0aW9uUmVxdWVzdBIQCghpbWFnZV9pZBgBIAEoCRIoCglsb2NhdGlvbnMYAiADKAsyFS5pbWFnZWxvYy52MS5Mb2NhdGlvbhI0Cg92YWxpZGF0aW9uX2RhdGEYAyABKAsyGy5pbWFnZWxvYy52MS5WYWxpZGF0aW9uRGF0YRIRCgRldGFnGAQgASgJSACIAQESEgoKcmVxdWVzdF9pZBgFIAEoCUIHCgVfZXRhZyI8ChdSZXBsYWNlTG9jYXRpb25SZXNwb25zZRIhCgVpbWFnZRgBIAEoCzISLmltYWdlbG9jLnYxLkltYWdlKqACCgtJbWFnZVN0YXR1cxIcChhJTUFHRV9TVEFUVVNfVU5TUEVDSUZJRUQQABIXChNJTUFHRV9TVEFUVVNfUVVFVUVEEAESFwoTSU1BR0VfU1RBVFVTX1NBVklORxACEhcKE0lNQUdFX1NUQVRVU19BQ1RJVkUQAxIXChNJTUFHRV9TVEFUVVNfS0lMTEVEEAQSGAoUSU1BR0VfU1RBVFVTX0RFTEVURUQQBRIfChtJTUFHRV9TVEFUVVNfUEVORElOR19ERUxFVEUQBhIcChhJTUFHRV9TVEFUVVNfREVBQ1RJVkFURUQQBxIaChZJTUFHRV9TVEFUVVNfVVBMT0FESU5HEAgSGgoWSU1BR0VfU1RBVFVTX0lNUE9SVElORxAJKqsBCg9JbWFnZVZpc2liaWxpdHkSIAocSU1BR0VfVklTSUJJTElUWV9VTlNQRUNJRklFRBAAEhwKGElNQUdFX1ZJU0lCSUxJVFlfUFJJVkFURRABEhsKF0lNQUdFX1ZJU0lCSUxJVFlfUFVCTElDEAISGwoXSU1BR0VfVklTSUJJTElUWV9TSEFSRUQQAxIeChpJTUFHRV9WSVNJQklMSVRZX0NPTU1VTklUWRAEMq4JCgxJbWFnZVNlcnZpY2USUAoLQ3JlYXRlSW1hZ2USHy5pbWFnZWxvYy52MS5DcmVhdGVJbWFnZVJlcXVlc3QaIC5pbWFnZWxvYy52MS5DcmVhdGVJbWFnZVJlc3BvbnNlEkcKCEdldEltYWdlEhwuaW1hZ2Vsb2MudjEuR2V0SW1hZ2VSZXF1ZXN0Gh0uaW1hZ2Vsb2MudjEuR2V0SW1hZ2VSZXNwb25zZRJNCgpMaXN0SW1hZ2VzEh4uaW1hZ2Vsb2MudjEuTGlzdEltYWdlc1JlcXVlc3QaHy5pbWFnZWxvYy52MS5MaXN0SW1hZ2VzUmVzcG9uc2USUAoLRGVsZXRlSW1hZ2USHy5pbWFnZWxvYy52MS5EZWxldGVJbWFnZVJlcXVlc3QaIC5pbWFnZWxvYy52MS5EZWxldGVJbWFnZVJlc3BvbnNlElAKC0JlZ2luVXBsb2FkEh8uaW1hZ2Vsb2MudjEuQmVnaW5VcGxvYWRSZXF1ZXN0GiAuaW1hZ2Vsb2MudjEuQmVnaW5VcGxvYWRSZXNwb25zZRJZCg5Db21wbGV0ZVVwbG9hZBIiLmltYWdlbG9jLnYxLkNvbXBsZXRlVXBsb2FkUmVxdWVzdBojLmltYWdlbG9jLnYxLkNvbXBsZXRlVXBsb2FkUmVzcG9uc2USTQoKRmFpbFVwbG9hZBIeLmltYWdlbG9jLnYxLkZhaWxVcGxvYWRSZXF1ZXN0Gh8uaW1hZ2Vsb2MudjEuRmFpbFVwbG9hZFJlc3BvbnNlEk0KClN0YWdlSW1hZ2USHi5pbWFnZWxvYy52MS5TdGFnZUltYWdlUmVxdWVzdBofLmltYWdlbG9jLnYxLlN0YWdlSW1hZ2VSZXNwb25zZRJQCgtCZWdpbkltcG9ydBIfLmltYWdlbG9jLnYxLkJlZ2luSW1wb3J0UmVxdWVzdBogLmltYWdlbG9jLnYxLkJlZ2luSW1wb3J0UmVzcG9uc2USXAoPRGVhY3RpdmF0ZUltYWdlEiMuaW1hZ2Vsb2MudjEuRGVhY3RpdmF0ZUltYWdlUmVxdWVzdBokLmltYWdlbG9jLnYxLkRlYWN0aXZhdGVJbWFnZVJlc3BvbnNlElwKD1JlYWN0aXZhdGVJbWFnZRIjLmltYWdlbG9jLnYxLlJlYWN0aXZhdGVJbWFnZVJlcXVlc3QaJC5pbWFnZWxvYy52MS5SZWFjdGl2YXRlSW1hZ2VSZXNwb25zZRJQCgtBZGRMb2NhdGlvbhIfLmltYWdlbG9jLnYxLkFkZExvY2F0aW9uUmVxdWVzdBogLmltYWdlbG9jLnYxLkFkZExvY2F0aW9uUmVzcG9uc2USWQoOUmVtb3ZlTG9jYXRpb24SIi5pbWFnZWxvYy52MS5SZW1vdmVMb2NhdGlvblJlcXVlc3QaIy5pbWFnZWxvYy52MS5SZW1vdmVMb2NhdGlvblJlc3BvbnNlElwKD1JlcGxhY2VMb2NhdGlvbhIjLmltYWdlbG9jLnYxLlJlcGxhY2VMb2NhdGlvblJlcXVlc3QaJC5pbWFnZWxvYy52MS5SZXBsYWNlTG9jYXRpb25SZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("Ch9pbWFnZWxvYy92MS9pbWFnZV9zZXJ2aWNlLnByb3RvEgtpbWFnZWxvYy52MSJCCghMb2NhdGlvbhILCgN1cmwYASABKAkSKQoIbWV0YWRhdGEYAiABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0Ik8KDlZhbGlkYXRpb25EYXRhEhAKCGNoZWNrc3VtGAEgASgJEhQKDG9zX2hhc2hfYWxnbxgCIAEoCRIVCg1vc19oYXNoX3ZhbHVlGAMgASgJIuEDCgVJbWFnZRIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEigKBnN0YXR1cxgDIAEoDjIYLmltYWdlbG9jLnYxLkltYWdlU3RhdHVzEigKCWxvY2F0aW9ucxgEIAMoCzIVLmltYWdlbG9jLnYxLkxvY2F0aW9uEgwKBHNpemUYBSABKAMSEAoIY2hlY2tzdW0YBiABKAkSFAoMb3NfaGFzaF9hbGdvGAcgASgJEhUKDW9zX2hhc2hfdmFsdWUYCCABKAkSEwoLZGlza19mb3JtYXQYCSABKAkSGAoQY29udGFpbmVyX2Zvcm1hdBgKIAEoCRIwCgp2aXNpYmlsaXR5GAsgASgOMhwuaW1hZ2Vsb2MudjEuSW1hZ2VWaXNpYmlsaXR5Eg0KBW93bmVyGAwgASgJEhEKCXByb3RlY3RlZBgNIAEoCBIvCgtjcmVhdGVfdGltZRgOIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYDyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEgwKBGV0YWcYECABKAkSGAoQbG9jYXRpb25zX2hpZGRlbhgRIAEoCBIQCghyZXZpc2lvbhgSIAEoAyLgAQoSQ3JlYXRlSW1hZ2VSZXF1ZXN0EgwKBG5hbWUYASABKAkSEwoLZGlza19mb3JtYXQYAiABKAkSGAoQY29udGFpbmVyX2Zvcm1hdBgDIAEoCRIwCgp2aXNpYmlsaXR5GAQgASgOMhwuaW1hZ2Vsb2MudjEuSW1hZ2VWaXNpYmlsaXR5EhEKCXByb3RlY3RlZBgFIAEoCBIPCgJpZBgGIAEoCUgAiAEBEhIKCnJlcXVlc3RfaWQYByABKAkSEgoFb3duZXIYCCABKAlIAYgBAUIFCgNfaWRCCAoGX293bmVyIjgKE0NyZWF0ZUltYWdlUmVzcG9uc2USIQoFaW1hZ2UYASABKAsyEi5pbWFnZWxvYy52MS5JbWFnZSIjCg9HZXRJbWFnZVJlcXVlc3QSEAoIaW1hZ2VfaWQYASABKAkiNQoQR2V0SW1hZ2VSZXNwb25zZRIhCgVpbWFnZRgBIAEoCzISLmltYWdlbG9jLnYxLkltYWdlIroBChFMaXN0SW1hZ2VzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRItCgZzdGF0dXMYAyABKA4yGC5pbWFnZWxvYy52MS5JbWFnZVN0YXR1c0gAiAEBEjUKCnZpc2liaWxpdHkYBCABKA4yHC5pbWFnZWxvYy52MS5JbWFnZVZpc2liaWxpdHlIAYgBAUIJCgdfc3RhdHVzQg0KC192aXNpYmlsaXR5ImMKEkxpc3RJbWFnZXNSZXNwb25zZRIiCgZpbWFnZXMYASADKAsyEi5pbWFnZWxvYy52MS5JbWFnZRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkSEAoIcmV2aXNpb24YAyABKAMiVgoSRGVsZXRlSW1hZ2VSZXF1ZXN0EhAKCGltYWdlX2lkGAEgASgJEhEKBGV0YWcYAiABKAlIAIgBARISCgpyZXF1ZXN0X2lkGAMgASgJQgcKBV9ldGFnIjgKE0RlbGV0ZUltYWdlUmVzcG9uc2USIQoFaW1hZ2UYASABKAsyEi5pbWFnZWxvYy52MS5JbWFnZSJWChJCZWdpblVwbG9hZFJlcXVlc3QSEAoIaW1hZ2VfaWQYASABKAkSEQoEZXRhZxgCIAEoCUgAiAEBEhIKCnJlcXVlc3RfaWQYAyABKAlCBwoFX2V0YWciOAoTQmVnaW5VcGxvYWRSZXNwb25zZRIhCgVpbWFnZRgBIAEoCzISLmltYWdlbG9jLnYxLkltYWdlIs8BChVDb21wbGV0ZVVwbG9hZFJlcXVlc3QSEAoIaW1hZ2VfaWQYASABKAkSJwoIbG9jYXRpb24YAiABKAsyFS5pbWFnZWxvYy52MS5Mb2NhdGlvbhIMCgRzaXplGAMgASgDEhAKCGNoZWNrc3VtGAQgASgJEhQKDG9zX2hhc2hfYWxnbxgFIAEoCRIVCg1vc19oYXNoX3ZhbHVlGAYgASgJEhEKBGV0YWcYByABKAlIAIgBARISCgpyZXF1ZXN0X2lkGAggASgJQgcKBV9ldGFnIjsKFkNvbXBsZXRlVXBsb2FkUmVzcG9uc2USIQoFaW1hZ2UYASABKAsyEi5pbWFnZWxvYy52MS5JbWFnZSJVChFGYWlsVXBsb2FkUmVxdWVzdBIQCghpbWFnZV9pZBgBIAEoCRIRCgRldGFnGAIgASgJSACIAQESEgoKcmVxdWVzdF9pZBgDIAEoCUIHCgVfZXRhZyI3ChJGYWlsVXBsb2FkUmVzcG9uc2USIQoFaW1hZ2UYASABKAsyEi5pbWFnZWxvYy52MS5JbWFnZSJVChFTdGFnZUltYWdlUmVxdWVzdBIQCghpbWFnZV9pZBgBIAEoCRIRCgRldGFnGAIgASgJSACIAQESEgoKcmVxdWVzdF9pZBgDIAEoCUIHCgVfZXRhZyI3ChJTdGFnZUltYWdlUmVzcG9uc2USIQoFaW1hZ2UYASABKAsyEi5pbWFnZWxvYy52MS5JbWFnZSJWChJCZWdpbkltcG9ydFJlcXVlc3QSEAoIaW1hZ2VfaWQYASABKAkSEQoEZXRhZxgCIAEoCUgAiAEBEhIKCnJlcXVlc3RfaWQYAyABKAlCBwoFX2V0YWciOAoTQmVnaW5JbXBvcnRSZXNwb25zZRIhCgVpbWFnZRgBIAEoCzISLmltYWdlbG9jLnYxLkltYWdlIloKFkRlYWN0aXZhdGVJbWFnZVJlcXVlc3QSEAoIaW1hZ2VfaWQYASABKAkSEQoEZXRhZxgCIAEoCUgAiAEBEhIKCnJlcXVlc3RfaWQYAyABKAlCBwoFX2V0YWciPAoXRGVhY3RpdmF0ZUltYWdlUmVzcG9uc2USIQoFaW1hZ2UYASABKAsyEi5pbWFnZWxvYy52MS5JbWFnZSJaChZSZWFjdGl2YXRlSW1hZ2VSZXF1ZXN0EhAKCGltYWdlX2lkGAEgASgJEhEKBGV0YWcYAiABKAlIAIgBARISCgpyZXF1ZXN0X2lkGAMgASgJQgcKBV9ldGFnIjwKF1JlYWN0aXZhdGVJbWFnZVJlc3BvbnNlEiEKBWltYWdlGAEgASgLMhIuaW1hZ2Vsb2MudjEuSW1hZ2Ui0wEKEkFkZExvY2F0aW9uUmVxdWVzdBIQCghpbWFnZV9pZBgBIAEoCRInCghsb2NhdGlvbhgCIAEoCzIVLmltYWdlbG9jLnYxLkxvY2F0aW9uEhIKBWluZGV4GAMgASgFSACIAQESNAoPdmFsaWRhdGlvbl9kYXRhGAQgASgLMhsuaW1hZ2Vsb2MudjEuVmFsaWRhdGlvbkRhdGESEQoEZXRhZxgFIAEoCUgBiAEBEhIKCnJlcXVlc3RfaWQYBiABKAlCCAoGX2luZGV4QgcKBV9ldGFnIjgKE0FkZExvY2F0aW9uUmVzcG9uc2USIQoFaW1hZ2UYASABKAsyEi5pbWFnZWxvYy52MS5JbWFnZSKDAQoVUmVtb3ZlTG9jYXRpb25SZXF1ZXN0EhAKCGltYWdlX2lkGAEgASgJEg8KBWluZGV4GAIgASgFSAASDQoDdXJsGAMgASgJSAASEQoEZXRhZxgEIAEoCUgBiAEBEhIKCnJlcXVlc3RfaWQYBSABKAlCCAoGdGFyZ2V0QgcKBV9ldGFnIjsKFlJlbW92ZUxvY2F0aW9uUmVzcG9uc2USIQoFaW1hZ2UYASABKAsyEi5pbWFnZWxvYy52MS5JbWFnZSK6AQoWUmVwbGFjZUxvY2F0aW9uUmVxdWVzdBIQCghpbWFnZV9pZBgBIAEoCRIoCglsb2NhdGlvbnMYAiADKAsyFS5pbWFnZWxvYy52MS5Mb2NhdGlvbhI0Cg92YWxpZGF0aW9uX2RhdGEYAyABKAsyGy5pbWFnZWxvYy52MS5WYWxpZGF0aW9uRGF0YRIRCgRldGFnGAQgASgJSACIAQESEgoKcmVxdWVzdF9pZBgFIAEoCUIHCgVfZXRhZyI8ChdSZXBsYWNlTG9jYXRpb25SZXNwb25zZRIhCgVpbWFnZRgBIAEoCzISLmltYWdlbG9jLnYxLkltYWdlIj8KEldhdGNoSW1hZ2VzUmVxdWVzdBIRCglpbWFnZV9pZHMYASADKAkSFgoOc3RhcnRfcmV2aXNpb24YAiABKAMiUAoTV2F0Y2hJbWFnZXNSZXNwb25zZRInCgZldmVudHMYASADKAsyFy5pbWFnZWxvYy52MS5JbWFnZUV2ZW50EhAKCHJldmlzaW9uGAIgASgDIp0BCgpJbWFnZUV2ZW50EhAKCHJldmlzaW9uGAEgASgDEikKBHR5cGUYAiABKA4yGy5pbWFnZWxvYy52MS5JbWFnZUV2ZW50VHlwZRIhCgVpbWFnZRgDIAEoCzISLmltYWdlbG9jLnYxLkltYWdlEi8KC2NvbW1pdF90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCqgAgoLSW1hZ2VTdGF0dXMSHAoYSU1BR0VfU1RBVFVTX1VOU1BFQ0lGSUVEEAASFwoTSU1BR0VfU1RBVFVTX1FVRVVFRBABEhcKE0lNQUdFX1NUQVRVU19TQVZJTkcQAhIXChNJTUFHRV9TVEFUVVNfQUNUSVZFEAMSFwoTSU1BR0VfU1RBVFVTX0tJTExFRBAEEhgKFElNQUdFX1NUQVRVU19ERUxFVEVEEAUSHwobSU1BR0VfU1RBVFVTX1BFTkRJTkdfREVMRVRFEAYSHAoYSU1BR0VfU1RBVFVTX0RFQUNUSVZBVEVEEAcSGgoWSU1BR0VfU1RBVFVTX1VQTE9BRElORxAIEhoKFklNQUdFX1NUQVRVU19JTVBPUlRJTkcQCSqrAQoPSW1hZ2VWaXNpYmlsaXR5EiAKHElNQUdFX1ZJU0lCSUxJVFlfVU5TUEVDSUZJRUQQABIcChhJTUFHRV9WSVNJQklMSVRZX1BSSVZBVEUQARIbChdJTUFHRV9WSVNJQklMSVRZX1BVQkxJQxACEhsKF0lNQUdFX1ZJU0lCSUxJVFlfU0hBUkVEEAMSHgoaSU1BR0VfVklTSUJJTElUWV9DT01NVU5JVFkQBCqMAQoOSW1hZ2VFdmVudFR5cGUSIAocSU1BR0VfRVZFTlRfVFlQRV9VTlNQRUNJRklFRBAAEhwKGElNQUdFX0VWRU5UX1RZUEVfQ1JFQVRFRBABEhwKGElNQUdFX0VWRU5UX1RZUEVfVVBEQVRFRBACEhwKGElNQUdFX0VWRU5UX1RZUEVfREVMRVRFRBADMoIKCgxJbWFnZVNlcnZpY2USUAoLQ3JlYXRlSW1hZ2USHy5pbWFnZWxvYy52MS5DcmVhdGVJbWFnZVJlcXVlc3QaIC5pbWFnZWxvYy52MS5DcmVhdGVJbWFnZVJlc3BvbnNlEkcKCEdldEltYWdlEhwuaW1hZ2Vsb2MudjEuR2V0SW1hZ2VSZXF1ZXN0Gh0uaW1hZ2Vsb2MudjEuR2V0SW1hZ2VSZXNwb25zZRJNCgpMaXN0SW1hZ2VzEh4uaW1hZ2Vsb2MudjEuTGlzdEltYWdlc1JlcXVlc3QaHy5pbWFnZWxvYy52MS5MaXN0SW1hZ2VzUmVzcG9uc2USUAoLRGVsZXRlSW1hZ2USHy5pbWFnZWxvYy52MS5EZWxldGVJbWFnZVJlcXVlc3QaIC5pbWFnZWxvYy52MS5EZWxldGVJbWFnZVJlc3BvbnNlElAKC0JlZ2luVXBsb2FkEh8uaW1hZ2Vsb2MudjEuQmVnaW5VcGxvYWRSZXF1ZXN0GiAuaW1hZ2Vsb2MudjEuQmVnaW5VcGxvYWRSZXNwb25zZRJZCg5Db21wbGV0ZVVwbG9hZBIiLmltYWdlbG9jLnYxLkNvbXBsZXRlVXBsb2FkUmVxdWVzdBojLmltYWdlbG9jLnYxLkNvbXBsZXRlVXBsb2FkUmVzcG9uc2USTQoKRmFpbFVwbG9hZBIeLmltYWdlbG9jLnYxLkZhaWxVcGxvYWRSZXF1ZXN0Gh8uaW1hZ2Vsb2MudjEuRmFpbFVwbG9hZFJlc3BvbnNlEk0KClN0YWdlSW1hZ2USHi5pbWFnZWxvYy52MS5TdGFnZUltYWdlUmVxdWVzdBofLmltYWdlbG9jLnYxLlN0YWdlSW1hZ2VSZXNwb25zZRJQCgtCZWdpbkltcG9ydBIfLmltYWdlbG9jLnYxLkJlZ2luSW1wb3J0UmVxdWVzdBogLmltYWdlbG9jLnYxLkJlZ2luSW1wb3J0UmVzcG9uc2USXAoPRGVhY3RpdmF0ZUltYWdlEiMuaW1hZ2Vsb2MudjEuRGVhY3RpdmF0ZUltYWdlUmVxdWVzdBokLmltYWdlbG9jLnYxLkRlYWN0aXZhdGVJbWFnZVJlc3BvbnNlElwKD1JlYWN0aXZhdGVJbWFnZRIjLmltYWdlbG9jLnYxLlJlYWN0aXZhdGVJbWFnZVJlcXVlc3QaJC5pbWFnZWxvYy52MS5SZWFjdGl2YXRlSW1hZ2VSZXNwb25zZRJQCgtBZGRMb2NhdGlvbhIfLmltYWdlbG9jLnYxLkFkZExvY2F0aW9uUmVxdWVzdBogLmltYWdlbG9jLnYxLkFkZExvY2F0aW9uUmVzcG9uc2USWQoOUmVtb3ZlTG9jYXRpb24SIi5pbWFnZWxvYy52MS5SZW1vdmVMb2NhdGlvblJlcXVlc3QaIy5pbWFnZWxvYy52MS5SZW1vdmVMb2NhdGlvblJlc3BvbnNlElwKD1JlcGxhY2VMb2NhdGlvbhIjLmltYWdlbG9jLnYxLlJlcGxhY2VMb2NhdGlvblJlcXVlc3QaJC5pbWFnZWxvYy52MS5SZXBsYWNlTG9jYXRpb25SZXNwb25zZRJSCgtXYXRjaEltYWdlcxIfLmltYWdlbG9jLnYxLldhdGNoSW1hZ2VzUmVxdWVzdBogLmltYWdlbG9jLnYxLldhdGNoSW1hZ2VzUmVzcG9uc2UwAWIGcHJvdG8z", [file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * Location is one place that holds an image's data.
@@ -215,6 +215,14 @@ export type Image = Message<"imageloc.v1.Image"> & {
    * @generated from field: bool locations_hidden = 17;
    */
   locationsHidden: boolean;
+
+  /**
+   * The store revision of the image's last change (WatchImages): strictly
+   * increasing across the whole store, in commit order.
+   *
+   * @generated from field: int64 revision = 18;
+   */
+  revision: bigint;
 };
 
 /**
@@ -428,6 +436,14 @@ export type ListImagesResponse = Message<"imageloc.v1.ListImagesResponse"> & {
    * @generated from field: string next_page_token = 2;
    */
   nextPageToken: string;
+
+  /**
+   * The store revision this page was read at (in the same snapshot): watch
+   * from it to miss no change made after the page.
+   *
+   * @generated from field: int64 revision = 3;
+   */
+  revision: bigint;
 };
 
 /**
@@ -1180,6 +1196,108 @@ export const ReplaceLocationResponseSchema: GenMessage<ReplaceLocationResponse> 
   messageDesc(file_imageloc_v1_image_service, 30);
 
 /**
+ * WatchImagesRequest is the request of WatchImages.
+ *
+ * @generated from message imageloc.v1.WatchImagesRequest
+ */
+export type WatchImagesRequest = Message<"imageloc.v1.WatchImagesRequest"> & {
+  /**
+   * The images to watch (ids need not exist yet); empty: every image the
+   * caller may see.
+   *
+   * @generated from field: repeated string image_ids = 1;
+   */
+  imageIds: string[];
+
+  /**
+   * Deliver every change with a revision greater than this one; 0: only the
+   * changes committed after the stream starts.
+   *
+   * @generated from field: int64 start_revision = 2;
+   */
+  startRevision: bigint;
+};
+
+/**
+ * Describes the message imageloc.v1.WatchImagesRequest.
+ * Use `create(WatchImagesRequestSchema)` to create a new message.
+ */
+export const WatchImagesRequestSchema: GenMessage<WatchImagesRequest> = /*@__PURE__*/
+  messageDesc(file_imageloc_v1_image_service, 31);
+
+/**
+ * WatchImagesResponse is one message of the WatchImages stream.
+ *
+ * @generated from message imageloc.v1.WatchImagesResponse
+ */
+export type WatchImagesResponse = Message<"imageloc.v1.WatchImagesResponse"> & {
+  /**
+   * The changes, in revision order; empty in a progress message.
+   *
+   * @generated from field: repeated imageloc.v1.ImageEvent events = 1;
+   */
+  events: ImageEvent[];
+
+  /**
+   * The store revision the stream has caught up to (the store's, also on a
+   * filtered stream): no later event has a revision at or below it.
+   *
+   * @generated from field: int64 revision = 2;
+   */
+  revision: bigint;
+};
+
+/**
+ * Describes the message imageloc.v1.WatchImagesResponse.
+ * Use `create(WatchImagesResponseSchema)` to create a new message.
+ */
+export const WatchImagesResponseSchema: GenMessage<WatchImagesResponse> = /*@__PURE__*/
+  messageDesc(file_imageloc_v1_image_service, 32);
+
+/**
+ * ImageEvent is one committed change to an image.
+ *
+ * @generated from message imageloc.v1.ImageEvent
+ */
+export type ImageEvent = Message<"imageloc.v1.ImageEvent"> & {
+  /**
+   * The store revision of the change.
+   *
+   * @generated from field: int64 revision = 1;
+   */
+  revision: bigint;
+
+  /**
+   * What the change did.
+   *
+   * @generated from field: imageloc.v1.ImageEventType type = 2;
+   */
+  type: ImageEventType;
+
+  /**
+   * The image after the change (for a deletion, its last state), with
+   * locations hidden as GetImage hides them from this caller.
+   *
+   * @generated from field: imageloc.v1.Image image = 3;
+   */
+  image?: Image | undefined;
+
+  /**
+   * When the change committed.
+   *
+   * @generated from field: google.protobuf.Timestamp commit_time = 4;
+   */
+  commitTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message imageloc.v1.ImageEvent.
+ * Use `create(ImageEventSchema)` to create a new message.
+ */
+export const ImageEventSchema: GenMessage<ImageEvent> = /*@__PURE__*/
+  messageDesc(file_imageloc_v1_image_service, 33);
+
+/**
  * ImageStatus is Glance's image status.
  *
  * @generated from enum imageloc.v1.ImageStatus
@@ -1309,6 +1427,47 @@ export enum ImageVisibility {
  */
 export const ImageVisibilitySchema: GenEnum<ImageVisibility> = /*@__PURE__*/
   enumDesc(file_imageloc_v1_image_service, 1);
+
+/**
+ * ImageEventType says what a change did to an image.
+ *
+ * @generated from enum imageloc.v1.ImageEventType
+ */
+export enum ImageEventType {
+  /**
+   * Never sent.
+   *
+   * @generated from enum value: IMAGE_EVENT_TYPE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The image was created.
+   *
+   * @generated from enum value: IMAGE_EVENT_TYPE_CREATED = 1;
+   */
+  CREATED = 1,
+
+  /**
+   * The image changed (status, locations, properties).
+   *
+   * @generated from enum value: IMAGE_EVENT_TYPE_UPDATED = 2;
+   */
+  UPDATED = 2,
+
+  /**
+   * The image was deleted (status deleted or pending_delete).
+   *
+   * @generated from enum value: IMAGE_EVENT_TYPE_DELETED = 3;
+   */
+  DELETED = 3,
+}
+
+/**
+ * Describes the enum imageloc.v1.ImageEventType.
+ */
+export const ImageEventTypeSchema: GenEnum<ImageEventType> = /*@__PURE__*/
+  enumDesc(file_imageloc_v1_image_service, 2);
 
 /**
  * ImageService keeps images and their locations.
@@ -1514,6 +1673,25 @@ export const ImageService: GenService<{
     methodKind: "unary";
     input: typeof ReplaceLocationRequestSchema;
     output: typeof ReplaceLocationResponseSchema;
+  },
+  /**
+   * WatchImages streams every committed change to the images watched (all the
+   * caller may see when image_ids is empty), each once, in one global revision
+   * order, from any replica. The first response comes at once; with nothing to
+   * send, a response without events carries the current revision at least every
+   * --watch-progress-seconds. List, then watch from ListImagesResponse.revision;
+   * resume with the last revision received (docs/api.md).
+   * Errors: OUT_OF_RANGE REVISION_COMPACTED (start_revision older than the
+   * retained log: list again); INVALID_ARGUMENT FUTURE_REVISION or
+   * INVALID_REQUEST; RESOURCE_EXHAUSTED WATCHER_TOO_SLOW (resume from the
+   * `revision` in its metadata); UNAVAILABLE (resume on another replica).
+   *
+   * @generated from rpc imageloc.v1.ImageService.WatchImages
+   */
+  watchImages: {
+    methodKind: "server_streaming";
+    input: typeof WatchImagesRequestSchema;
+    output: typeof WatchImagesResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_imageloc_v1_image_service, 0);

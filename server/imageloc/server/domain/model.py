@@ -69,7 +69,11 @@ class ValidationData:
 
 @dataclasses.dataclass(frozen=True)
 class Image:
-    """The record of one image. `revision` grows by one with every saved change."""
+    """The record of one image. `revision` grows by one with every saved change.
+
+    store_revision is the store's revision of the image's last change: one counter for
+    the whole store, assigned in commit order (the change feed, WatchImages).
+    """
 
     id: str
     name: str
@@ -87,6 +91,7 @@ class Image:
     owner: str = ""
     protected: bool = False
     revision: int = 1
+    store_revision: int = 0
 
     def with_hashes(self, values: Mapping[str, str]) -> Image:
         """This image with the checksum, os_hash_algo and os_hash_value in values."""
@@ -100,3 +105,30 @@ class Image:
     def with_locations(self, locations: Sequence[Location]) -> Image:
         """This image with another location list."""
         return dataclasses.replace(self, locations=tuple(locations))
+
+
+class ChangeType(enum.StrEnum):
+    """What a committed change did to an image."""
+
+    CREATED = "created"
+    UPDATED = "updated"
+    DELETED = "deleted"
+
+
+@dataclasses.dataclass(frozen=True)
+class Change:
+    """One committed change: the image after it, at the store revision it committed at."""
+
+    revision: int
+    type: ChangeType
+    image: Image
+    commit_time: datetime.datetime
+
+
+def change_type(old: Image | None, new: Image) -> ChangeType:
+    """What turning old (None: nothing) into new is."""
+    if old is None:
+        return ChangeType.CREATED
+    if new.status in GONE_STATUSES and old.status not in GONE_STATUSES:
+        return ChangeType.DELETED
+    return ChangeType.UPDATED

@@ -13,7 +13,7 @@ from types import TracebackType
 from typing import Protocol, Self
 
 from imageloc.server.domain.access import ListScope
-from imageloc.server.domain.model import Image, ImageStatus
+from imageloc.server.domain.model import Change, Image, ImageStatus
 
 #: Where a listing resumes: the (created_at, id) of the last image already seen.
 ListCursor = tuple[datetime.datetime, str]
@@ -92,6 +92,41 @@ class RequestLog(Protocol):
         ...
 
 
+@dataclasses.dataclass(frozen=True)
+class StoreHead:
+    """Where the change log stands: the newest revision, and the oldest one still resumable.
+
+    A watch may start at any revision from compact_revision up; older changes are pruned.
+    """
+
+    revision: int
+    compact_revision: int
+
+
+class ChangeLog(Protocol):
+    """Every committed change, in store revision order (the change feed)."""
+
+    def next_revision(self) -> int:
+        """Take the store's next revision for a change this transaction commits.
+
+        Taken under the store's revision lock, held to the end of the transaction, so
+        that revisions commit in the order they are taken.
+        """
+        ...
+
+    def append(self, change: Change) -> None:
+        """Log change (its revision from next_revision) in this transaction."""
+        ...
+
+    def head(self) -> StoreHead:
+        """The newest committed revision and the compact revision, as this transaction sees."""
+        ...
+
+    def after(self, revision: int, *, limit: int) -> Sequence[Change]:
+        """Up to limit changes with revisions above revision, in revision order."""
+        ...
+
+
 class UnitOfWork(Protocol):
     """One transaction: rolled back on exit unless commit() was called."""
 
@@ -103,6 +138,11 @@ class UnitOfWork(Protocol):
     @property
     def requests(self) -> RequestLog:
         """The idempotent requests' outcomes as this transaction sees them."""
+        ...
+
+    @property
+    def changes(self) -> ChangeLog:
+        """The change log as this transaction sees it."""
         ...
 
     def __enter__(self) -> Self: ...

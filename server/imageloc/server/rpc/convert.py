@@ -108,6 +108,7 @@ def image_to_proto(image: Image, *, locations_shown: bool = True) -> pb.Image:
         create_time=_timestamp(image.created_at),
         update_time=_timestamp(image.updated_at),
         etag=etag_of(image),
+        revision=image.store_revision,
     )
 
 

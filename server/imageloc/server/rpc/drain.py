@@ -67,6 +67,11 @@ class Admission:
         """Return once the server stopped admitting calls."""
         await self._closed.wait()
 
+    async def drained(self) -> None:
+        """Return once closed and no admitted call is in flight (streams end then)."""
+        await self._closed.wait()
+        await self._idle.wait()
+
     def release(self) -> None:
         """Answer the held calls, and every later one at once."""
         self._holding = False

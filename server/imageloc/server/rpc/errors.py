@@ -40,6 +40,10 @@ REASON_CODES: dict[Reason, tuple[int, int]] = {
     # Glance has no request ids; 422 is what HTTP idempotency keys answer for a reuse.
     R.REQUEST_ID_REUSED: (C.INVALID_ARGUMENT, 422),
     R.POLICY_DENIED: (C.PERMISSION_DENIED, 403),
+    # WatchImages: 410 Gone for a start older than the kept log, as etcd and Kubernetes.
+    R.REVISION_COMPACTED: (C.OUT_OF_RANGE, 410),
+    R.FUTURE_REVISION: (C.INVALID_ARGUMENT, 400),
+    R.WATCHER_TOO_SLOW: (C.RESOURCE_EXHAUSTED, 429),
 }
 
 #: Glance answers a refused deactivate or reactivate with 403, a refused

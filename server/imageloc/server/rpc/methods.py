@@ -41,6 +41,8 @@ _ROWS: tuple[tuple[str, str, bool, bool, str | None], ...] = (
     ("AddLocation", "set_image_location", True, True, "add_image_location"),
     ("ReplaceLocation", "set_image_location", True, True, None),
     ("RemoveLocation", "delete_image_location", True, True, None),
+    # A stream: get_images to open it, then each change as get_image decides (may_see).
+    ("WatchImages", "get_images", False, False, None),
 )
 
 #: RPC name -> its facts.

@@ -11,7 +11,7 @@ import dataclasses
 import functools
 import inspect
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, NoReturn, TypeVar
 
 import grpc
@@ -23,6 +23,7 @@ from imageloc.server.auth.audit import AuditLog
 from imageloc.server.auth.authority import Authority
 from imageloc.server.auth.policy import GlancePolicy
 from imageloc.server.auth.tokens import AuthenticationError
+from imageloc.server.domain import inputs
 from imageloc.server.domain.access import CallerAccess, Principal
 from imageloc.server.domain.errors import DomainError
 from imageloc.server.domain.model import Image
@@ -71,6 +72,7 @@ SERVICE = pb.DESCRIPTOR.services_by_name["ImageService"]
 
 Req = TypeVar("Req", bound=Message)
 Resp = TypeVar("Resp", bound=Message)
+Out = TypeVar("Out")
 #: A handler as written: the request and its call, to the response.
 Handler = Callable[["ImageServicer", Req, "Call"], Resp]
 #: A handler as gRPC calls it.
@@ -78,32 +80,68 @@ GrpcHandler = Callable[["ImageServicer", Req, grpc.ServicerContext], Resp]
 
 
 def add_to_server(
-    servicer: ImageServicer, server: grpc.aio.Server, calls: StoreCalls, admission: Admission
+    servicer: ImageServicer,
+    server: grpc.aio.Server,
+    calls: StoreCalls,
+    admission: Admission,
+    *,
+    streams: Mapping[str, StreamHandler] | None = None,
+    on_write: Callable[[], None] = lambda: None,
 ) -> None:
     """Serve servicer's RPCs on an asyncio server, the store work of each run by calls.
 
     Every request is read by request_decoder, and admitted by admission (refused
     UNAVAILABLE once the server is stopping); otherwise the same as the generated
-    add_ImageServiceServicer_to_server.
+    add_ImageServiceServicer_to_server. streams serve the server-streaming RPCs
+    (rpc/watch.py); on_write is told of every mutation that succeeded (the change feed).
     """
-    handlers = {
-        method.name: grpc.unary_unary_rpc_method_handler(
-            _asynchronous(servicer, method.name, calls, admission),
-            request_deserializer=request_decoder(getattr(pb, method.input_type.name)),
-            response_serializer=getattr(pb, method.output_type.name).SerializeToString,
+    streams = streams or {}
+    handlers = {}
+    for method in SERVICE.methods:
+        decoder = request_decoder(getattr(pb, method.input_type.name))
+        encoder = getattr(pb, method.output_type.name).SerializeToString
+        if method.server_streaming:
+            if method.name not in streams:
+                continue  # not served: UNIMPLEMENTED
+            handlers[method.name] = grpc.unary_stream_rpc_method_handler(
+                streams[method.name],
+                request_deserializer=decoder,
+                response_serializer=_encoded_or(encoder),
+            )
+            continue
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            _asynchronous(servicer, method.name, calls, admission, on_write),
+            request_deserializer=decoder,
+            response_serializer=encoder,
         )
-        for method in SERVICE.methods
-    }
     generic = grpc.method_handlers_generic_handler(SERVICE.full_name, handlers)
     server.add_generic_rpc_handlers((generic,))
     server.add_registered_method_handlers(SERVICE.full_name, handlers)  # type: ignore[attr-defined]
 
 
+def _encoded_or(encoder: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
+    """encoder, passing through a message a stream encoded itself (rpc/watch.py)."""
+
+    def encode(message: Any) -> bytes:
+        return message if isinstance(message, bytes) else encoder(message)
+
+    return encode
+
+
+#: A server-streaming handler as the asyncio server calls it.
+StreamHandler = Callable[[Any, "grpc.aio.ServicerContext[Any, Any]"], Awaitable[None]]
+
+
 def _asynchronous(
-    servicer: ImageServicer, name: str, calls: StoreCalls, admission: Admission
+    servicer: ImageServicer,
+    name: str,
+    calls: StoreCalls,
+    admission: Admission,
+    on_write: Callable[[], None],
 ) -> Callable[[Message | UnreadableRequest, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]:
     """servicer's handler `name` as a coroutine: its refusals become rich statuses."""
     handler = inspect.unwrap(getattr(type(servicer), name))
+    writes = METHODS[name].writes
 
     async def handle(
         request: Message | UnreadableRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -112,13 +150,17 @@ def _asynchronous(
             rich = rpc_status.to_status(STOPPING)
             await context.abort(rich.code, rich.details, rich.trailing_metadata)
         try:
-            return await calls.run(
+            response = await calls.run(
                 lambda: servicer.serve(handler, request, context, retry_busy=True)
             )
         except Refused as refused:
             status = refused.status
         except BusyCallError as busy:  # calls gave up trying again
             status = busy.refuse().status
+        else:
+            if writes:
+                on_write()
+            return response
         finally:
             admission.leave()
         rich = rpc_status.to_status(status)
@@ -201,6 +243,15 @@ def refusals(handler: Handler[Req, Resp]) -> GrpcHandler[Req, Resp]:
 
 
 @dataclasses.dataclass(frozen=True)
+class Watch:
+    """An authorized WatchImages, ready to stream."""
+
+    image_ids: list[str]
+    start_revision: int
+    call: Call
+
+
+@dataclasses.dataclass(frozen=True)
 class Call:
     """One call as its handler sees it: the service bound to it, and what its caller may see."""
 
@@ -254,18 +305,20 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
 
     def serve(
         self,
-        handler: Handler[Req, Resp],
+        handler: Callable[[ImageServicer, Req, Call], Out],
         request: Req | UnreadableRequest,
         context: Any,
         *,
         retry_busy: bool = False,
-    ) -> Resp:
-        """One call of handler: read, authenticate, bind to policy, run, audit.
+        rpc: str = "",
+    ) -> Out:
+        """One call of handler (of RPC `rpc`, by default its name): read, authenticate,
+        bind to policy, run, audit.
 
         Raises Refused with the status that answers the call; with retry_busy, BusyCallError
         when the store is busy (the caller may try the call again).
         """
-        method = METHODS[handler.__name__]
+        method = METHODS[rpc or handler.__name__]
         principal: Principal | None = None
         try:
             readable = acceptable(request)
@@ -320,6 +373,21 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
         )
         return Refused(status)
 
+    @property
+    def service(self) -> ImageService:
+        """The service the calls run on."""
+        return self._service
+
+    def prepare_watch(self, request: pb.WatchImagesRequest, call: Call) -> Watch:
+        """WatchImages before its stream: the caller may list, the ids are ids."""
+        image_ids = [inputs.parse_image_id(i, field="image_ids") for i in request.image_ids]
+        call.access.listing(None)
+        return Watch(image_ids=image_ids, start_revision=request.start_revision, call=call)
+
+    def WatchImages(self, request: pb.WatchImagesRequest, context: Any) -> Any:
+        """Streams are served by the asyncio server only (rpc/watch.py), not this class."""
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "WatchImages needs the asyncio server")
+
     @refusals
     def CreateImage(self, request: pb.CreateImageRequest, call: Call) -> pb.CreateImageResponse:
         image = call.service.create_image(
@@ -354,7 +422,9 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
             status=filters.status,
             visibility=filters.visibility,
         )
-        response = pb.ListImagesResponse(next_page_token=page.next_page_token)
+        response = pb.ListImagesResponse(
+            next_page_token=page.next_page_token, revision=page.revision
+        )
         size = 0
         for shown, image in enumerate(page.images):
             message = call.image(image)

@@ -18,7 +18,7 @@ from imageloc.server.store.driver import Driver, Sql
 COLUMN_NAMES = (
     "id", "name", "status", "size", "checksum", "os_hash_algo", "os_hash_value", "disk_format",
     "container_format", "visibility", "owner", "protected", "created_at", "updated_at",
-    "revision",
+    "revision", "store_revision",
 )  # fmt: skip
 _COLUMNS = ", ".join(COLUMN_NAMES)
 _PAGE_COLUMNS = ", ".join(f"page.{name}" for name in COLUMN_NAMES)
@@ -234,6 +234,7 @@ def image_columns(image: Image) -> list[Any]:
         image.created_at,
         image.updated_at,
         image.revision,
+        image.store_revision,
     ]
 
 
@@ -255,6 +256,7 @@ def image_from_columns(values: Sequence[Any], locations: tuple[Location, ...]) -
         created_at=values[12],
         updated_at=values[13],
         revision=values[14],
+        store_revision=values[15],
         locations=locations,
     )
 

@@ -75,7 +75,10 @@ def encode_image(image: Image) -> dict[str, Any]:
 
 def decode_image(encoded: dict[str, Any]) -> Image:
     """The image encode_image encoded."""
-    values = [encoded[name] for name in COLUMN_NAMES]
+    # Outcomes recorded before the change log have no store_revision: 0, as their rows had.
+    values = [
+        encoded.get(name, 0) if name == "store_revision" else encoded[name] for name in COLUMN_NAMES
+    ]
     values[_CREATED] = datetime.datetime.fromisoformat(encoded["created_at"])
     values[_UPDATED] = datetime.datetime.fromisoformat(encoded["updated_at"])
     locations = tuple(

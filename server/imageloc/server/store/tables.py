@@ -81,6 +81,10 @@ class ImageRow(SQLModel, table=True):
     created_at: datetime.datetime = Field(sa_column=Column(UtcDateTime(), nullable=False))
     updated_at: datetime.datetime = Field(sa_column=Column(UtcDateTime(), nullable=False))
     revision: int = Field(default=1)
+    # The store revision of the image's last change (image_changes.revision).
+    store_revision: int = Field(
+        default=0, sa_column=Column(BigInteger, nullable=False, server_default="0")
+    )
 
 
 class LocationRow(SQLModel, table=True):
@@ -118,7 +122,38 @@ class RequestRow(SQLModel, table=True):
     created_at: datetime.datetime = Field(sa_column=Column(UtcDateTime(), nullable=False))
 
 
+class ChangeRow(SQLModel, table=True):
+    """One committed change of an image, at its store revision (the change feed)."""
+
+    __tablename__ = "image_changes"
+    __table_args__ = (Index("ix_image_changes_commit_time", "commit_time"),)
+
+    revision: int = Field(
+        sa_column=Column(BigInteger, primary_key=True, autoincrement=False, nullable=False)
+    )
+    image_id: str
+    type: str
+    # The image after the change (request_log.py's encoding).
+    image: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    commit_time: datetime.datetime = Field(sa_column=Column(UtcDateTime(), nullable=False))
+
+
+class StoreStateRow(SQLModel, table=True):
+    """The store's one row of counters: its newest revision and the oldest still watchable.
+
+    Writers take the row's lock to take a revision, so revisions commit in order.
+    """
+
+    __tablename__ = "store_state"
+
+    id: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
+    revision: int = Field(default=0, sa_type=BigInteger)
+    compact_revision: int = Field(default=0, sa_type=BigInteger)
+
+
 #: The tables as SQLAlchemy Core sees them; the repository's statements are built on these.
 images: Table = SQLModel.metadata.tables["images"]
 image_locations: Table = SQLModel.metadata.tables["image_locations"]
 request_log: Table = SQLModel.metadata.tables["request_log"]
+image_changes: Table = SQLModel.metadata.tables["image_changes"]
+store_state: Table = SQLModel.metadata.tables["store_state"]

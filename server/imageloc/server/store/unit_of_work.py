@@ -20,6 +20,7 @@ from imageloc.server.domain.ports import (
     StoreUnavailableError,
 )
 from imageloc.server.store import schema
+from imageloc.server.store.change_log import SqlChangeLog
 from imageloc.server.store.driver import Driver
 from imageloc.server.store.engine import (
     SQLITE_BUSY_TIMEOUT_MS,
@@ -58,6 +59,7 @@ class SqlUnitOfWork:
 
     images: ImageRepository
     requests: SqlRequestLog
+    changes: SqlChangeLog
 
     def __init__(
         self,
@@ -93,6 +95,7 @@ class SqlUnitOfWork:
         self._committed = False
         self.images = SqlImageRepository(self._driver, lock_rows=self._for_write)
         self.requests = SqlRequestLog(self._driver)
+        self.changes = SqlChangeLog(self._driver)
         return self
 
     def _connect(self, wait_ms: int | None) -> Driver:
@@ -249,6 +252,14 @@ class SqlStore:
             forgotten = uow.requests.prune(before=before)
             uow.commit()
         return forgotten
+
+    def prune_changes(self, *, before: datetime.datetime) -> int:
+        """Forget the changes committed before `before`; the new compact revision, or 0."""
+        deadline = time.monotonic() + 5
+        with SqlUnitOfWork(self.engine, for_write=True, deadline=deadline) as uow:
+            compact = uow.changes.prune(before=before)
+            uow.commit()
+        return compact
 
     def schema_revision(self) -> str | None:
         """The schema revision the database is at; None when never migrated."""

@@ -1,0 +1,139 @@
+"""One process's view of the change log: it follows the store's revisions and keeps the newest.
+
+Runs on the server's event loop; imports asyncio and the domain. It reads the log through
+a callable (the service's read, run the way the server runs store calls), woken by this
+process's own writes (at most every batch_seconds) and every poll_seconds for the other
+replicas'.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import itertools
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+
+from imageloc.server.domain.model import Change
+from imageloc.server.domain.ports import StoreHead, StoreUnavailableError
+
+log = logging.getLogger(__name__)
+
+#: Reads up to `limit` changes above a revision, and the store's head, in one snapshot.
+ReadChanges = Callable[[int, int], Awaitable[tuple[Sequence[Change], StoreHead]]]
+
+#: Changes read from the store at a time.
+READ_LIMIT = 1000
+#: The newest changes kept in memory for live watchers; one further behind is too slow.
+RING_SIZE = 10_000
+
+
+class ChangeFeed:
+    """The newest RING_SIZE changes, and the store revision this process has caught up to.
+
+    Revisions commit in order (the store takes them under one lock), so everything up to
+    the head a snapshot shows is in the log: the feed never skips one.
+    """
+
+    def __init__(
+        self, read: ReadChanges, *, poll_seconds: float = 0.02, batch_seconds: float = 0.01
+    ) -> None:
+        self._read = read
+        self._poll_seconds = poll_seconds
+        self._batch_seconds = batch_seconds
+        self._ring: collections.deque[Change] = collections.deque(maxlen=RING_SIZE)
+        self.head = StoreHead(revision=0, compact_revision=0)
+        self._wake = asyncio.Event()
+        self._advanced = asyncio.Event()
+        self._ready = asyncio.Event()
+        self._reading = asyncio.Lock()  # one catch-up at a time: the ring gets each change once
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Begin following the log (on the running loop)."""
+        self._task = asyncio.ensure_future(self._follow())
+
+    async def stop(self) -> None:
+        """Stop following the log."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def wake(self) -> None:
+        """Read the log now: this process has committed a change."""
+        self._wake.set()
+
+    async def ready(self) -> None:
+        """Return once the feed has read the store's head once."""
+        await self._ready.wait()
+
+    async def refresh(self) -> None:
+        """Catch up with the store now: a watcher starts from now, or names a revision
+        newer than the head (another replica committed it a moment ago)."""
+        await self._catch_up()
+
+    @property
+    def oldest(self) -> int:
+        """The revision below the oldest change held: changes above it are in memory."""
+        if not self._ring:
+            return self.head.revision
+        return self._ring[0].revision - 1
+
+    def since(self, revision: int) -> list[Change]:
+        """The changes held above revision (revision >= oldest)."""
+        ring = self._ring
+        if not ring or revision >= ring[-1].revision:
+            return []
+        skip = max(0, revision - ring[0].revision + 1)
+        if skip < len(ring) and ring[skip].revision == revision + 1:  # revisions are dense
+            return list(itertools.islice(ring, skip, None))
+        return [change for change in ring if change.revision > revision]
+
+    async def advanced(self, timeout: float) -> bool:
+        """Wait until the head moves on, for timeout seconds at most; False on timeout."""
+        event = self._advanced
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def _follow(self) -> None:
+        while True:
+            try:
+                await self._catch_up()
+            except StoreUnavailableError as error:
+                log.warning("change feed: store unavailable: %s", error)
+            except Exception:
+                log.exception("change feed: unexpected error")
+            # Under a stream of writes, one read (and one response per watcher) covers
+            # batch_seconds of them, instead of one per write.
+            await asyncio.sleep(self._batch_seconds)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._poll_seconds)
+            self._wake.clear()
+
+    async def _catch_up(self) -> None:
+        async with self._reading:
+            await self._read_to_head()
+
+    async def _read_to_head(self) -> None:
+        while True:
+            changes, head = await self._read(self.head.revision, READ_LIMIT)
+            if changes:
+                self._ring.extend(changes)
+            newest = changes[-1].revision if len(changes) == READ_LIMIT else head.revision
+            moved = (
+                newest > self.head.revision or head.compact_revision != self.head.compact_revision
+            )
+            self.head = StoreHead(
+                revision=max(newest, self.head.revision), compact_revision=head.compact_revision
+            )
+            self._ready.set()
+            if moved:
+                advanced, self._advanced = self._advanced, asyncio.Event()
+                advanced.set()
+            if len(changes) < READ_LIMIT:
+                return
