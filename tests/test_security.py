@@ -566,3 +566,39 @@ def test_a_policy_file_can_let_owners_remove_locations(
         )
         assert refusal.info.reason == "POLICY_DENIED"
         assert refusal.info.metadata["policy"] == "set_image_location"
+
+
+def test_a_watcher_gets_only_the_changes_it_may_see_with_locations_hidden_as_get_image(
+    stubs: dict[str, pb_grpc.ImageServiceStub],
+) -> None:
+    streams: dict[str, Any] = {
+        persona: stubs[persona].WatchImages(pb.WatchImagesRequest(), timeout=30)
+        for persona in ("stranger", "reader")
+    }
+    for stream in streams.values():
+        next(stream)  # open
+    private = make_image(stubs["member"], "active", urls=(URL_A,))
+    public = make_image(
+        stubs["admin"], "active", urls=(URL_A,), visibility=pb.IMAGE_VISIBILITY_PUBLIC, owner="p1"
+    )
+    last = public.revision
+
+    def events_of(persona: str) -> list[pb.ImageEvent]:
+        seen: list[pb.ImageEvent] = []
+        for response in streams[persona]:
+            seen += response.events
+            if response.revision >= last:
+                break
+        return seen
+
+    stranger = events_of("stranger")
+    assert {e.image.id for e in stranger} == {public.id}
+    assert all(not e.image.locations and e.image.locations_hidden for e in stranger)
+    reader = events_of("reader")
+    assert {e.image.id for e in reader} == {private.id, public.id}
+    assert [loc.url for loc in reader[-1].image.locations] == [URL_A]
+    for stream in streams.values():
+        stream.cancel()
+    anonymous: Any = stubs["anonymous"].WatchImages(pb.WatchImagesRequest())
+    refusal = refusal_of(lambda: next(anonymous))
+    assert refusal.code == grpc.StatusCode.UNAUTHENTICATED

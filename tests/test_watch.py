@@ -6,7 +6,7 @@ import datetime
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -74,22 +74,22 @@ class Watcher:
 
     def wait_for(self, count: int, timeout: float = 10.0) -> list[pb.ImageEvent]:
         """The first count events, once they have come."""
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while len(self.events) < count and self.error is None:
-                left = deadline - time.monotonic()
-                assert left > 0, f"{len(self.events)} of {count} events after {timeout} s"
-                self._changed.wait(left)
+        self._wait_until(lambda: len(self.events) >= count, timeout, f"{count} events")
         return self.events[:count]
 
     def wait_responses(self, count: int, timeout: float = 10.0) -> list[pb.WatchImagesResponse]:
+        """The responses so far, once there are count of them."""
+        self._wait_until(lambda: len(self.responses) >= count, timeout, f"{count} responses")
+        with self._changed:
+            return list(self.responses)
+
+    def _wait_until(self, done: Callable[[], bool], timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
         with self._changed:
-            while len(self.responses) < count and self.error is None:
+            while not done() and self.error is None:
                 left = deadline - time.monotonic()
-                assert left > 0, f"{len(self.responses)} of {count} responses"
+                assert left > 0, f"no {what} after {timeout} s: {len(self.events)} events"
                 self._changed.wait(left)
-            return list(self.responses)
 
     def wait_error(self, timeout: float = 10.0) -> grpc.RpcError:
         self._thread.join(timeout)
@@ -367,3 +367,22 @@ def test_a_stream_that_falls_behind_the_feed_is_ended_and_resumes_from_its_revis
             break
     assert [e.revision for e in events] == list(range(delivered + 1, first.revision + 601))
     resumed.cancel()
+
+
+def test_on_postgresql_a_commit_on_one_replica_wakes_the_watchers_of_another(
+    server_factory: ServerFactory,
+    channels: list[grpc.Channel],
+    watchers: list[Watcher],
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if not database_url.startswith("postgresql"):
+        pytest.skip("LISTEN/NOTIFY is PostgreSQL's")
+    # Without the NOTIFY the other replica would read the log a minute later.
+    monkeypatch.setattr("imageloc.server.app.POSTGRES_FEED_POLL_SECONDS", 60.0)
+    writer, reader = (stub_of(server_factory(), channels) for _ in range(2))
+    time.sleep(0.5)  # both feeds have read the head and LISTEN
+    watcher = watch(reader, watchers)
+    image = writer.CreateImage(pb.CreateImageRequest(name="far")).image
+    (event,) = watcher.wait_for(1, timeout=10)
+    assert event.image.id == image.id

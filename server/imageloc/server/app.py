@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime
+import functools
 import logging
 import os
 import signal
@@ -34,6 +35,7 @@ from imageloc.server.rpc.watch import watch_handler
 from imageloc.server.service import ImageService
 from imageloc.server.store import SqlStore, is_embedded
 from imageloc.server.store.engine import SQLITE_BUSY_TIMEOUT_MS
+from imageloc.server.store.notifications import wake_on_notify
 from imageloc.server.watch.feed import ChangeFeed
 from imageloc.v1 import image_service_pb2 as pb
 
@@ -60,6 +62,10 @@ MAX_REQUEST_BYTES = 4 * 1024 * 1024
 GOAWAY_SECONDS = 0.1
 #: The part of the grace period kept for gRPC's stop and the process's end.
 STOP_RESERVE_SECONDS = 0.5
+
+#: How often the change feed reads the log without a wake-up (docs/api.md: WatchImages).
+SQLITE_FEED_POLL_SECONDS = 0.02
+POSTGRES_FEED_POLL_SECONDS = 0.25
 
 SERVER_OPTIONS: list[tuple[str, int]] = [
     ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
@@ -215,7 +221,13 @@ async def _grpc_server(
     async def read_changes(after: int, limit: int) -> tuple[Any, Any]:
         return await calls.run(lambda: servicer.service.changes_after(after, limit))
 
-    feed = ChangeFeed(read_changes)
+    embedded = is_embedded(settings.database_url)
+    feed = ChangeFeed(
+        read_changes,
+        # SQLite's other processes are polled; PostgreSQL's replicas NOTIFY, the poll is a net.
+        poll_seconds=SQLITE_FEED_POLL_SECONDS if embedded else POSTGRES_FEED_POLL_SECONDS,
+        wakeups=None if embedded else functools.partial(wake_on_notify, settings.database_url),
+    )
     watch = watch_handler(
         servicer, feed, read_changes, admission, progress_seconds=settings.watch_progress_seconds
     )

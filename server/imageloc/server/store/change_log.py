@@ -28,6 +28,10 @@ _AFTER = Sql(
     "SELECT revision, type, image, commit_time FROM image_changes"
     " WHERE revision > ? ORDER BY revision LIMIT ?"
 )
+#: Delivered at COMMIT to every replica LISTENing (store/notifications.py): a wake-up only,
+#: never the data, which the feed reads from the log.
+CHANNEL = "imageloc_changes"
+_NOTIFY = Sql(f"SELECT pg_notify('{CHANNEL}', '')")
 _NEWEST_BEFORE = Sql("SELECT MAX(revision) FROM image_changes WHERE commit_time < ?")
 _PRUNE = Sql("DELETE FROM image_changes WHERE revision <= ?")
 _COMPACT = Sql("UPDATE store_state SET compact_revision = ? WHERE id = 1 AND compact_revision < ?")
@@ -58,6 +62,8 @@ class SqlChangeLog:
                 driver.time_in(change.commit_time),
             ),
         )
+        if driver.postgresql:
+            driver.row(_NOTIFY)
 
     def head(self) -> StoreHead:
         """The newest committed revision and the compact revision."""

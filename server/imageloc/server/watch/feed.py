@@ -2,8 +2,8 @@
 
 Runs on the server's event loop; imports asyncio and the domain. It reads the log through
 a callable (the service's read, run the way the server runs store calls), woken by this
-process's own writes (at most every batch_seconds) and every poll_seconds for the other
-replicas'.
+process's own writes (at most every batch_seconds), by `wakeups` (PostgreSQL's NOTIFY from
+every replica) and every poll_seconds whatever happens.
 """
 
 from __future__ import annotations
@@ -23,6 +23,10 @@ log = logging.getLogger(__name__)
 #: Reads up to `limit` changes above a revision, and the store's head, in one snapshot.
 ReadChanges = Callable[[int, int], Awaitable[tuple[Sequence[Change], StoreHead]]]
 
+#: Runs until cancelled, calling its argument whenever another replica may have committed a
+#: change (PostgreSQL's LISTEN: store/notifications.py).
+Wakeups = Callable[[Callable[[], None]], Awaitable[None]]
+
 #: Changes read from the store at a time.
 READ_LIMIT = 1000
 #: The newest changes kept in memory for live watchers; one further behind is too slow.
@@ -37,9 +41,15 @@ class ChangeFeed:
     """
 
     def __init__(
-        self, read: ReadChanges, *, poll_seconds: float = 0.02, batch_seconds: float = 0.01
+        self,
+        read: ReadChanges,
+        *,
+        poll_seconds: float = 0.02,
+        batch_seconds: float = 0.01,
+        wakeups: Wakeups | None = None,
     ) -> None:
         self._read = read
+        self._wakeups = wakeups
         self._poll_seconds = poll_seconds
         self._batch_seconds = batch_seconds
         self._ring: collections.deque[Change] = collections.deque(maxlen=RING_SIZE)
@@ -48,18 +58,21 @@ class ChangeFeed:
         self._advanced = asyncio.Event()
         self._ready = asyncio.Event()
         self._reading = asyncio.Lock()  # one catch-up at a time: the ring gets each change once
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Future[None]] = []
 
     def start(self) -> None:
-        """Begin following the log (on the running loop)."""
-        self._task = asyncio.ensure_future(self._follow())
+        """Begin following the log (on the running loop), and listening for wake-ups."""
+        self._tasks.append(asyncio.ensure_future(self._follow()))
+        if self._wakeups is not None:
+            self._tasks.append(asyncio.ensure_future(self._wakeups(self.wake)))
 
     async def stop(self) -> None:
         """Stop following the log."""
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
+        self._tasks.clear()
 
     def wake(self) -> None:
         """Read the log now: this process has committed a change."""
@@ -93,12 +106,7 @@ class ChangeFeed:
 
     async def advanced(self, timeout: float) -> bool:
         """Wait until the head moves on, for timeout seconds at most; False on timeout."""
-        event = self._advanced
-        try:
-            await asyncio.wait_for(event.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
+        return await _wait(self._advanced, timeout)
 
     async def _follow(self) -> None:
         while True:
@@ -111,8 +119,7 @@ class ChangeFeed:
             # Under a stream of writes, one read (and one response per watcher) covers
             # batch_seconds of them, instead of one per write.
             await asyncio.sleep(self._batch_seconds)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._poll_seconds)
+            await _wait(self._wake, self._poll_seconds)
             self._wake.clear()
 
     async def _catch_up(self) -> None:
@@ -137,3 +144,18 @@ class ChangeFeed:
                 advanced.set()
             if len(changes) < READ_LIMIT:
                 return
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> bool:
+    """Wait for event, timeout seconds at most; False on timeout.
+
+    Not asyncio.wait_for: on Python 3.11 it swallows a cancellation that arrives as the
+    event is set (gh-86296), which would leave a stopping feed, or a stream whose caller
+    left, running forever.
+    """
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        done, _ = await asyncio.wait({waiter}, timeout=timeout)
+    finally:
+        waiter.cancel()
+    return bool(done)

@@ -73,7 +73,7 @@ async def batches(
         )
     ids = frozenset(image_ids)
     position = start_revision or head.revision
-    live = False
+    live = position >= head.revision  # caught up: from now on it follows the feed
     yield Batch((), position)
     while True:
         if position >= feed.head.revision:

@@ -1,0 +1,109 @@
+"""The change feed and a stream's batches, on a fake change log: ring, head, stop."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+from collections.abc import Sequence
+
+import pytest
+
+from imageloc.server.domain.errors import DomainError
+from imageloc.server.domain.model import Change, ChangeType, Image, ImageStatus
+from imageloc.server.domain.ports import StoreHead
+from imageloc.server.watch import feed as feed_module
+from imageloc.server.watch.feed import ChangeFeed
+from imageloc.server.watch.stream import Batch, batches
+
+T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+
+
+class Log:
+    """A change log in memory."""
+
+    def __init__(self) -> None:
+        self.changes: list[Change] = []
+
+    def commit(self, image_id: str = "i") -> None:
+        image = Image(
+            id=image_id, name="x", status=ImageStatus.QUEUED, created_at=T0, updated_at=T0
+        )
+        revision = len(self.changes) + 1
+        self.changes.append(Change(revision, ChangeType.UPDATED, image, T0))
+
+    async def read(self, after: int, limit: int) -> tuple[Sequence[Change], StoreHead]:
+        await asyncio.sleep(0)
+        found = [c for c in self.changes if c.revision > after][:limit]
+        return found, StoreHead(revision=len(self.changes), compact_revision=0)
+
+
+def test_stopping_a_feed_that_is_woken_all_the_time_ends_it() -> None:
+    # On Python 3.11 asyncio.wait_for swallowed the stop's cancellation when a wake-up
+    # arrived with it, and the feed ran on forever (the server's stop hung).
+    async def scenario() -> None:
+        log = Log()
+        for _ in range(50):
+            feed = ChangeFeed(log.read, poll_seconds=0.001, batch_seconds=0)
+            feed.start()
+            for _ in range(20):
+                feed.wake()
+                await asyncio.sleep(0)
+            await asyncio.wait_for(feed.stop(), 2)
+
+    asyncio.run(scenario())
+
+
+def test_the_feed_keeps_the_newest_changes_and_the_head() -> None:
+    async def scenario() -> None:
+        log = Log()
+        for _ in range(5):
+            log.commit()
+        feed = ChangeFeed(log.read, poll_seconds=0.001, batch_seconds=0)
+        feed.start()
+        await feed.ready()
+        assert feed.head.revision == 5
+        assert [c.revision for c in feed.since(2)] == [3, 4, 5]
+        log.commit()
+        feed.wake()
+        assert await feed.advanced(2)
+        assert feed.head.revision == 6
+        await feed.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_live_stream_that_falls_out_of_the_ring_is_too_slow(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(feed_module, "RING_SIZE", 4)
+
+    async def scenario() -> None:
+        log = Log()
+        feed = ChangeFeed(log.read, poll_seconds=0.001, batch_seconds=0)
+        feed.start()
+        stream = batches(
+            feed, log.read, image_ids=(), start_revision=0, visible=lambda c: True,
+            progress_seconds=5,
+        )  # fmt: skip
+        first: Batch = await anext(stream)
+        assert first.revision == 0
+        for _ in range(10):  # the stream reads nothing meanwhile
+            log.commit()
+        await feed.refresh()
+        with pytest.raises(DomainError) as slow:
+            await anext(stream)
+        assert slow.value.reason == "WATCHER_TOO_SLOW"
+        assert slow.value.metadata == {"revision": "0"}
+        await stream.aclose()
+        # From history a stream reads the log itself, however far back.
+        history = batches(
+            feed, log.read, image_ids=(), start_revision=1, visible=lambda c: True,
+            progress_seconds=5,
+        )  # fmt: skip
+        assert (await anext(history)).revision == 1
+        got = (await anext(history)).changes
+        assert [c.revision for c in got] == list(range(2, 11))
+        await history.aclose()
+        await feed.stop()
+
+    asyncio.run(scenario())
