@@ -270,3 +270,22 @@ def test_console_script_shows_not_found_for_an_unknown_image(server_address: str
     assert result.returncode == 1
     assert "IMAGE_NOT_FOUND" in result.stderr
     assert "(HTTP 404)" in result.stderr
+
+
+def test_image_wait_and_watch_against_the_server(cli: Cli) -> None:
+    image_id = cli.create()
+    status, _, err = cli.run("image", "wait", image_id, "--status", "active", "--timeout", "0.5")
+    assert status == 1
+    assert "WAIT_TIMEOUT" in err
+    cli.ok("location", "add", image_id, "https://store.example/w.img")
+    assert fields(cli.ok("image", "wait", image_id, "--status", "active"))["status"] == "active"
+    events = cli.ok("--json", "image", "watch", image_id, "--from-revision", "1", "--count", "1")
+    (event,) = [json.loads(line) for line in events.splitlines()]
+    assert event["type"] == "IMAGE_EVENT_TYPE_UPDATED"
+    assert event["image"]["status"] == "IMAGE_STATUS_ACTIVE"
+    failed = cli.create()
+    cli.ok("image", "begin-upload", failed)
+    cli.ok("image", "fail-upload", failed)
+    status, _, err = cli.run("image", "wait", failed, "--status", "active", "--timeout", "5")
+    assert status == 1  # killed never becomes active: said at once, not at the timeout
+    assert "STATUS_UNREACHABLE" in err

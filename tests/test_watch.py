@@ -386,3 +386,25 @@ def test_on_postgresql_a_commit_on_one_replica_wakes_the_watchers_of_another(
     image = writer.CreateImage(pb.CreateImageRequest(name="far")).image
     (event,) = watcher.wait_for(1, timeout=10)
     assert event.image.id == image.id
+
+
+def test_the_python_client_waits_for_a_status_and_follows_changes(target: str) -> None:
+    from imageloc.client import ImageClient, StatusUnreachableError
+
+    with ImageClient(target) as client:
+        image = client.create_image("c", disk_format="raw", container_format="bare")
+        with client.watch_images([image.id], start_revision=image.revision) as changes:
+            client.add_location(image.id, URL_A)
+            active = client.wait_for_status(image.id, "active", timeout=10)
+            client.deactivate_image(image.id)
+            events = [next(changes), next(changes)]
+        assert [e.image.status for e in events] == [
+            pb.IMAGE_STATUS_ACTIVE,
+            pb.IMAGE_STATUS_DEACTIVATED,
+        ]
+        assert events[0].image == active
+        doomed = client.create_image("k", disk_format="raw", container_format="bare")
+        client.begin_upload(doomed.id)
+        client.fail_upload(doomed.id)
+        with pytest.raises(StatusUnreachableError):
+            client.wait_for_status(doomed.id, "active", timeout=10)
