@@ -6,6 +6,7 @@ Imports grpc and the health stubs only; bench/run.py and bench/soak.py import it
 from __future__ import annotations
 
 import contextlib
+import os
 import pathlib
 import socket
 import subprocess
@@ -34,6 +35,17 @@ def rss_mib(pid: int | None) -> float | None:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return None
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """The CPU time (user + system) the processes have used so far, from /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
 
 
 def wait_serving(target: str, process: subprocess.Popen[bytes] | None = None) -> None:

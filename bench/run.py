@@ -31,7 +31,7 @@ import grpc
 from imageloc.v1 import image_service_pb2 as pb
 from imageloc.v1 import image_service_pb2_grpc as pb_grpc
 
-from harness import free_port, rss_mib, wait_serving
+from harness import cpu_seconds, free_port, rss_mib, wait_serving
 
 HERE = pathlib.Path(__file__).resolve().parent
 IMAGELOC = pathlib.Path(sys.executable).with_name("imageloc")
@@ -189,19 +189,29 @@ def measure_watchers(args: argparse.Namespace, server: Started) -> dict[str, Any
     alone: list[dict[str, Any]] = []
     beside: list[dict[str, Any]] = []
     watching: list[dict[str, Any]] = []
+    cpu = {"alone": 0.0, "beside": 0.0}
     for _ in range(args.rounds):
+        used = cpu_seconds(server.pids)
         alone.append(load(server.target, WATCHED_WORKLOAD, args, server.ids_file))
+        cpu["alone"] += cpu_seconds(server.pids) - used
         with watchers(server.target, args.watchers, seconds=args.seconds + 2) as done:
+            used = cpu_seconds(server.pids)
             beside.append(load(server.target, WATCHED_WORKLOAD, args, server.ids_file))
+            cpu["beside"] += cpu_seconds(server.pids) - used
         watching.append(done())
     rss_before = [rss_mib(pid) for pid in server.pids]
     with watchers(server.target, IDLE_STREAMS, seconds=3, idle=True) as idle:
         time.sleep(1)
         rss_idle = [rss_mib(pid) for pid in server.pids]
     idle_result = idle()
+    calls = {
+        "alone": sum(r["calls_per_s"] for r in alone) * args.seconds,
+        "beside": sum(r["calls_per_s"] for r in beside) * args.seconds,
+    }
     return {
         "alone": combined(alone),
         "beside": combined(beside),
+        "cpu_us_per_write": {k: cpu[k] / max(calls[k], 1) * 1e6 for k in cpu},
         "events_per_s": sum(w["events_per_s"] for w in watching) / len(watching),
         "p50_ms": sum(w["p50_ms"] for w in watching) / len(watching),
         "p99_ms": max(w["p99_ms"] for w in watching),
@@ -254,6 +264,11 @@ def report_watchers(args: argparse.Namespace, watched: dict[str, Any]) -> int:
     print(f"| location writes/s, no watchers | {alone['calls_per_s']:,.0f} |")
     print(f"| location writes/s, {args.watchers} watchers | {beside['calls_per_s']:,.0f} |")
     print(f"| with / without | {beside['calls_per_s'] / alone['calls_per_s']:.2f} |")
+    per_write = watched["cpu_us_per_write"]
+    print(
+        f"| server CPU per location write, without / with watchers | {per_write['alone']:.0f}"
+        f" / {per_write['beside']:.0f} us (ratio {per_write['alone'] / per_write['beside']:.2f}) |"
+    )
     print(f"| events delivered/s (all watchers) | {watched['events_per_s']:,.0f} |")
     print(
         f"| commit-to-event latency p50 / p99 | {watched['p50_ms']:.1f} / "

@@ -130,6 +130,7 @@ class Server:
 
     async def _drain(self, deadline: float) -> None:
         self.admission.close()
+        ending = asyncio.ensure_future(self._end_streams())
         # Calls still running near the end are cancelled a little before it, so that the
         # process is gone within the grace period even on a loaded machine.
         settle_by = deadline - min(STOP_RESERVE_SECONDS, (deadline - time.monotonic()) / 2)
@@ -141,6 +142,12 @@ class Server:
         await asyncio.sleep(GOAWAY_SECONDS)
         self.admission.release()
         await stopping
+        ending.cancel()
+
+    async def _end_streams(self) -> None:
+        """Once the calls in flight are answered, end the WatchImages streams UNAVAILABLE."""
+        await self.admission.drained()
+        self.feed.close_streams()
 
 
 def build_server(settings: Settings) -> Server:
@@ -219,7 +226,7 @@ async def _grpc_server(
     admission = Admission()
 
     async def read_changes(after: int, limit: int) -> tuple[Any, Any]:
-        return await calls.run(lambda: servicer.service.changes_after(after, limit))
+        return await calls.run_apart(lambda: servicer.service.changes_after(after, limit))
 
     embedded = is_embedded(settings.database_url)
     feed = ChangeFeed(

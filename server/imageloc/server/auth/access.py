@@ -59,11 +59,17 @@ class PolicyAccess:
         self._credentials = _credentials(principal)
         self._admin = policy.allows("context_is_admin", credentials=self._credentials, target={})
         self._service = SERVICE_ROLE in self._credentials["roles"]
+        self._identity = "\x1e".join((principal.namespace, *sorted(principal.roles)))
 
     @property
     def namespace(self) -> str:
         """The principal's namespace of request ids."""
         return self._principal.namespace
+
+    @property
+    def identity(self) -> str:
+        """The principal, as a string (its hash is kept): what it may see depends on it alone."""
+        return self._identity
 
     def authorize(self, image: Image) -> None:
         """Let this call act on image, or refuse: 404 if unseen, POLICY_DENIED otherwise."""

@@ -6,6 +6,7 @@ Standard library only. The auth package implements CallerAccess with Glance's po
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Hashable
 from typing import Protocol
 
 from imageloc.server.domain.model import Image, Visibility
@@ -77,6 +78,11 @@ class CallerAccess(Protocol):
         """The caller's namespace of request ids."""
         ...
 
+    @property
+    def identity(self) -> Hashable:
+        """Who the caller is, to share what it may see: equal identities see alike."""
+        ...
+
     def authorize(self, image: Image) -> None:
         """Let this call act on image (which exists), or refuse."""
         ...
@@ -102,6 +108,7 @@ class Unrestricted:
     """CallerAccess of a caller who may do anything: `--auth none` and the use cases' tests."""
 
     namespace = ""
+    identity: Hashable = "unrestricted"
 
     def authorize(self, image: Image) -> None:
         """Everything is allowed."""

@@ -18,6 +18,8 @@ T = TypeVar("T")
 #: The first pause before trying a busy store again, and the longest one.
 FIRST_RETRY_SECONDS = 0.0005
 MAX_RETRY_SECONDS = 0.02
+#: Threads for the work run apart (the change feed and the streams' history reads).
+APART_WORKERS = 2
 
 
 class StoreCalls(Protocol):
@@ -25,6 +27,10 @@ class StoreCalls(Protocol):
 
     async def run(self, call: Callable[[], T]) -> T:
         """call's result (or its exception), without blocking the event loop for long."""
+        ...
+
+    async def run_apart(self, call: Callable[[], T]) -> T:
+        """As run, but never queued behind the calls' work (the change feed's reads)."""
         ...
 
     def close(self) -> None:
@@ -66,6 +72,10 @@ class InlineCalls:
             await asyncio.sleep(pause)
             pause = min(pause * 2, MAX_RETRY_SECONDS)
 
+    async def run_apart(self, call: Callable[[], T]) -> T:
+        """As run: inline calls do not queue."""
+        return await self.run(call)
+
     def close(self) -> None:
         pass
 
@@ -80,9 +90,17 @@ class ThreadedCalls:
         self._pool = futures.ThreadPoolExecutor(
             max_workers=workers, thread_name_prefix="imageloc-store"
         )
+        # The change feed's reads: behind a burst of writes their events would wait too.
+        self._apart = futures.ThreadPoolExecutor(
+            max_workers=APART_WORKERS, thread_name_prefix="imageloc-feed"
+        )
 
     async def run(self, call: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, call)
 
+    async def run_apart(self, call: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._apart, call)
+
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._apart.shutdown(wait=False, cancel_futures=True)

@@ -6,21 +6,20 @@ and authorization the servicer's (serve), the conversions rpc.convert's.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_status import rpc_status
 
+from imageloc.server.domain.access import CallerAccess
 from imageloc.server.domain.errors import DomainError
 from imageloc.server.domain.model import Change, ChangeType
 from imageloc.server.rpc import convert
 from imageloc.server.rpc.drain import Admission
-from imageloc.server.rpc.servicer import STOPPING, Call, ImageServicer, Refused, refusal_status
-from imageloc.server.watch.feed import ChangeFeed, ReadChanges
+from imageloc.server.rpc.servicer import STOPPING, ImageServicer, Refused, refusal_status
+from imageloc.server.watch.feed import ChangeFeed, ReadChanges, StreamsClosedError
 from imageloc.server.watch.stream import Batch, batches
 from imageloc.v1 import image_service_pb2 as pb
 
@@ -41,12 +40,13 @@ def watch_handler(
 ) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[None]]:
     """The WatchImages handler: a stream open until the caller ends it or the server stops.
 
-    read reads the change log (history older than the feed holds). It is not counted
-    among the calls a stop waits for: once those have finished, every
-    stream ends UNAVAILABLE (SERVER_SHUTTING_DOWN), so its client resumes elsewhere.
+    read reads the change log (history older than the feed holds). A stream is not
+    counted among the calls a stop waits for: once those have finished, the stop closes
+    the feed's streams (feed.close_streams) and every one ends UNAVAILABLE
+    (SERVER_SHUTTING_DOWN), so its client resumes elsewhere.
     """
 
-    events = EncodedEvents()
+    views = SharedViews()
 
     async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         await admission.pass_through()
@@ -55,67 +55,70 @@ def watch_handler(
         except Refused as refused:
             await _abort(context, refused.status)
             return
+        access = watch.call.access
         stream = batches(
             feed,
             read,
             image_ids=watch.image_ids,
             start_revision=watch.start_revision,
-            visible=lambda change: watch.call.access.may_see(change.image),
+            visible=lambda change: views.of(change, access) is not None,
             progress_seconds=progress_seconds,
         )
-        stopping = asyncio.ensure_future(admission.drained())
-        following: asyncio.Future[Batch] | None = None
         try:
-            while True:
-                following = asyncio.ensure_future(anext(stream))
-                await asyncio.wait({following, stopping}, return_when=asyncio.FIRST_COMPLETED)
-                if not following.done():
-                    await _cancel(following)
-                    await _abort(context, STOPPING)
-                    return
-                try:
-                    batch = following.result()
-                except DomainError as error:
-                    await _abort(context, refusal_status(error, "WatchImages"))
-                    return
-                await context.write(_response(batch, watch.call, events))
+            async for batch in stream:
+                await context.write(_response(batch, access, views))
+        except StreamsClosedError:
+            await _abort(context, STOPPING)
+        except DomainError as error:
+            await _abort(context, refusal_status(error, "WatchImages"))
         finally:  # the caller went away, the stream was refused or the server stops
-            await _cancel(stopping)
-            if following is not None:
-                await _cancel(following)
             await stream.aclose()
 
     handle.__name__ = "WatchImages"
     return handle
 
 
-class EncodedEvents:
-    """Each change's ImageEvent, encoded once for every stream that sends it.
+class SharedViews:
+    """Each change as each caller may see it, decided and encoded once for all its streams.
 
-    Streams differ only in whether the caller sees the locations, so an event is kept per
-    (revision, locations shown): a change sent to 100 watchers is converted once.
+    Whether a caller sees a change and its locations depends on the change and on who the
+    caller is (CallerAccess.identity), so the streams of one identity share the work: a
+    change sent to 100 watchers of one service is judged and converted once.
     """
 
-    def __init__(self, size: int = 20_000) -> None:
+    def __init__(self, size: int = 50_000) -> None:
         self._size = size
+        self._views: dict[tuple[int, Hashable], bytes | None] = {}
         self._encoded: dict[tuple[int, bool], bytes] = {}
 
-    def of(self, change: Change, call: Call) -> bytes:
-        shown = call.access.sees_locations(change.image)
-        key = (change.revision, shown)
-        encoded = self._encoded.get(key)
-        if encoded is None:
-            if len(self._encoded) >= self._size:
-                self._encoded.clear()
-            encoded = self._encoded[key] = _event(change, shown).SerializeToString()
-        return encoded
+    def of(self, change: Change, access: CallerAccess) -> bytes | None:
+        """The encoded ImageEvent of change for this caller; None when it may not see it."""
+        key = (change.revision, access.identity)
+        try:
+            return self._views[key]
+        except KeyError:
+            pass
+        if len(self._views) >= self._size:
+            self._views.clear()
+            self._encoded.clear()
+        view = None
+        if access.may_see(change.image):
+            shown = access.sees_locations(change.image)
+            view = self._encoded.get((change.revision, shown))
+            if view is None:
+                view = _event(change, shown).SerializeToString()
+                self._encoded[(change.revision, shown)] = view
+        self._views[key] = view
+        return view
 
 
-def _response(batch: Batch, call: Call, events: EncodedEvents) -> bytes:
+def _response(batch: Batch, access: CallerAccess, views: SharedViews) -> bytes:
     """The WatchImagesResponse of batch, encoded: its events as they were encoded once."""
     parts: list[bytes] = []
     for change in batch.changes:
-        encoded = events.of(change, call)
+        encoded = views.of(change, access)
+        if encoded is None:  # batches() sends only what the caller may see
+            continue
         parts += (_EVENTS_TAG, _varint(len(encoded)), encoded)
     if batch.revision:
         parts += (_REVISION_TAG, _varint(batch.revision))
@@ -147,14 +150,6 @@ def _event(change: Change, locations_shown: bool) -> pb.ImageEvent:
         image=convert.image_to_proto(change.image, locations_shown=locations_shown),
         commit_time=commit_time,
     )
-
-
-async def _cancel(task: asyncio.Future[Any]) -> None:
-    """Cancel task and wait for it to end."""
-    if not task.done():
-        task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await task
 
 
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], status: Any) -> None:

@@ -33,6 +33,10 @@ READ_LIMIT = 1000
 RING_SIZE = 10_000
 
 
+class StreamsClosedError(Exception):
+    """The server is stopping: every stream ends (UNAVAILABLE, and its client resumes)."""
+
+
 class ChangeFeed:
     """The newest RING_SIZE changes, and the store revision this process has caught up to.
 
@@ -45,7 +49,7 @@ class ChangeFeed:
         read: ReadChanges,
         *,
         poll_seconds: float = 0.02,
-        batch_seconds: float = 0.01,
+        batch_seconds: float = 0.02,
         wakeups: Wakeups | None = None,
     ) -> None:
         self._read = read
@@ -57,6 +61,7 @@ class ChangeFeed:
         self._wake = asyncio.Event()
         self._advanced = asyncio.Event()
         self._ready = asyncio.Event()
+        self._closed = False
         self._reading = asyncio.Lock()  # one catch-up at a time: the ring gets each change once
         self._tasks: list[asyncio.Future[None]] = []
 
@@ -73,6 +78,16 @@ class ChangeFeed:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+
+    def close_streams(self) -> None:
+        """End every stream: the server stops (its calls in flight have been answered)."""
+        self._closed = True
+        self._advanced.set()
+
+    @property
+    def closed(self) -> bool:
+        """Whether streams must end (close_streams)."""
+        return self._closed
 
     def wake(self) -> None:
         """Read the log now: this process has committed a change."""

@@ -11,7 +11,7 @@ from collections.abc import AsyncGenerator, Callable, Collection, Sequence
 
 from imageloc.server.domain.errors import DomainError, Reason
 from imageloc.server.domain.model import Change
-from imageloc.server.watch.feed import READ_LIMIT, ChangeFeed, ReadChanges
+from imageloc.server.watch.feed import READ_LIMIT, ChangeFeed, ReadChanges, StreamsClosedError
 
 #: The most changes one response covers: a response stays far below gRPC's 4 MiB limit, and
 #: a stream whose writes are held up by its caller holds at most this many changes.
@@ -39,7 +39,8 @@ async def batches(
     progress_seconds: float,
 ) -> AsyncGenerator[Batch, None]:
     """The stream's batches, the first at once; DomainError for a refused start or a
-    watcher that fell out of the feed's memory after it had caught up (WATCHER_TOO_SLOW).
+    watcher that fell out of the feed's memory after it had caught up (WATCHER_TOO_SLOW);
+    StreamsClosedError once the server stops.
 
     History older than the feed's memory is read from the store first (start_revision
     far back); once caught up the stream follows the feed.
@@ -76,6 +77,8 @@ async def batches(
     live = position >= head.revision  # caught up: from now on it follows the feed
     yield Batch((), position)
     while True:
+        if feed.closed:
+            raise StreamsClosedError("the server is stopping")
         if position >= feed.head.revision:
             live = True
             if not await feed.advanced(progress_seconds) and position >= feed.head.revision:
