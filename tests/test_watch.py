@@ -264,7 +264,7 @@ def test_writers_and_watchers_on_two_replicas_see_one_order_with_no_gap(
     start = stubs[0].ListImages(pb.ListImagesRequest()).revision
     # The other replica may not have read the last change yet: it catches up first.
     watching = [watch(stub, watchers, start_revision=start) for stub in stubs]
-    rounds = 100
+    rounds = 400  # add+remove cycles, on four images, from two replicas: 800 changes
 
     def write(replica: int, image_id: str) -> None:
         stub = stubs[replica]
