@@ -50,7 +50,11 @@ def refusal_of(call: Callable[[], object]) -> Refusal:
     """Run call, which must fail, and decode grpc-status-details-bin."""
     with pytest.raises(grpc.RpcError) as caught:
         call()
-    error = caught.value
+    return refusal_from(caught.value)
+
+
+def refusal_from(error: grpc.RpcError) -> Refusal:
+    """error's grpc-status-details-bin, decoded."""
     status: status_pb2.Status | None = rpc_status.from_call(error)  # type: ignore[arg-type]
     assert status is not None, f"no rich status on {error}"
     details = []

@@ -19,7 +19,7 @@ from imageloc.v1 import image_service_pb2 as pb
 from imageloc.v1 import image_service_pb2_grpc as pb_grpc
 
 from conftest import ServerFactory
-from support import location, make_image, migrate, refusal_of
+from support import location, make_image, migrate, refusal_from, refusal_of
 
 URL_A = "https://store.example/a.img"
 URL_B = "rbd://fsid/pool/b/snap"
@@ -325,7 +325,7 @@ def test_a_stop_ends_open_streams_unavailable_so_clients_resume_elsewhere(
     error = watcher.wait_error()
     stopping.join(10)
     assert error.code() == grpc.StatusCode.UNAVAILABLE
-    assert refusal_of(lambda: (_ for _ in ()).throw(error)).info.reason == "SERVER_SHUTTING_DOWN"
+    assert refusal_from(error).info.reason == "SERVER_SHUTTING_DOWN"
 
 
 def test_a_stream_that_falls_behind_the_feed_is_ended_and_resumes_from_its_revision(

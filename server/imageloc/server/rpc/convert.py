@@ -105,8 +105,8 @@ def image_to_proto(image: Image, *, locations_shown: bool = True) -> pb.Image:
         visibility=_VISIBILITY_TO_PROTO[image.visibility],
         owner=image.owner,
         protected=image.protected,
-        create_time=_timestamp(image.created_at),
-        update_time=_timestamp(image.updated_at),
+        create_time=timestamp(image.created_at),
+        update_time=timestamp(image.updated_at),
         etag=etag_of(image),
         revision=image.store_revision,
     )
@@ -115,8 +115,8 @@ def image_to_proto(image: Image, *, locations_shown: bool = True) -> pb.Image:
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 
 
-def _timestamp(moment: datetime.datetime) -> timestamp_pb2.Timestamp:
-    # What Timestamp.FromDatetime computes, in a third of its time (it runs twice an image).
+def timestamp(moment: datetime.datetime) -> timestamp_pb2.Timestamp:
+    """What Timestamp.FromDatetime computes, in a third of its time (it runs twice an image)."""
     since = moment - _EPOCH
     return timestamp_pb2.Timestamp(
         seconds=since.days * 86_400 + since.seconds, nanos=since.microseconds * 1000

@@ -147,8 +147,7 @@ def _asynchronous(
         request: Message | UnreadableRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> Any:
         if not await admission.enter():
-            rich = rpc_status.to_status(STOPPING)
-            await context.abort(rich.code, rich.details, rich.trailing_metadata)
+            await abort_async(context, STOPPING)
         try:
             response = await calls.run(
                 lambda: servicer.serve(handler, request, context, retry_busy=True)
@@ -163,8 +162,7 @@ def _asynchronous(
             return response
         finally:
             admission.leave()
-        rich = rpc_status.to_status(status)
-        await context.abort(rich.code, rich.details, rich.trailing_metadata)
+        await abort_async(context, status)
 
     handle.__name__ = name
     return handle
@@ -190,6 +188,15 @@ class BusyCallError(StoreBusyError):
     def __init__(self, error: StoreBusyError, refuse: Callable[[], Refused]) -> None:
         super().__init__(str(error))
         self.refuse = refuse
+
+
+async def abort_async(
+    context: grpc.aio.ServicerContext[Any, Any], status: status_pb2.Status
+) -> NoReturn:
+    """End an asyncio call with status, its details in grpc-status-details-bin."""
+    rich = rpc_status.to_status(status)
+    await context.abort(rich.code, rich.details, rich.trailing_metadata)
+    raise AssertionError("context.abort returned")  # pragma: no cover
 
 
 def abort_with(context: grpc.ServicerContext, status: status_pb2.Status) -> NoReturn:

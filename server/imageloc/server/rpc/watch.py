@@ -10,15 +10,19 @@ from collections.abc import Awaitable, Callable, Hashable
 from typing import Any
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
-from grpc_status import rpc_status
 
 from imageloc.server.domain.access import CallerAccess
 from imageloc.server.domain.errors import DomainError
 from imageloc.server.domain.model import Change, ChangeType
 from imageloc.server.rpc import convert
 from imageloc.server.rpc.drain import Admission
-from imageloc.server.rpc.servicer import STOPPING, ImageServicer, Refused, refusal_status
+from imageloc.server.rpc.servicer import (
+    STOPPING,
+    ImageServicer,
+    Refused,
+    abort_async,
+    refusal_status,
+)
 from imageloc.server.watch.feed import ChangeFeed, ReadChanges, StreamsClosedError
 from imageloc.server.watch.stream import Batch, batches
 from imageloc.v1 import image_service_pb2 as pb
@@ -142,20 +146,15 @@ def _varint(value: int) -> bytes:
 
 
 def _event(change: Change, locations_shown: bool) -> pb.ImageEvent:
-    commit_time = Timestamp()
-    commit_time.FromDatetime(change.commit_time)
     return pb.ImageEvent(
         revision=change.revision,
         type=_EVENT_TYPES[change.type],
         image=convert.image_to_proto(change.image, locations_shown=locations_shown),
-        commit_time=commit_time,
+        commit_time=convert.timestamp(change.commit_time),
     )
 
 
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], status: Any) -> None:
-    """End the stream with status (context.abort raises to end the handler), unless the
-    caller has gone already."""
-    if context.cancelled() or context.done():
-        return
-    rich = rpc_status.to_status(status)
-    await context.abort(rich.code, rich.details, rich.trailing_metadata)
+    """End the stream with status, unless the caller has gone already."""
+    if not (context.cancelled() or context.done()):
+        await abort_async(context, status)

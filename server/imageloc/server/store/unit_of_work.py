@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Self
 
@@ -242,24 +243,24 @@ class SqlStore:
         schema.require_head(self.engine, database_url=shown)
 
     def prune_requests(self, *, before: datetime.datetime) -> int:
-        """Forget idempotent requests' outcomes recorded before `before`.
+        """Forget idempotent requests' outcomes recorded before `before`."""
+        return self._housekeep(lambda uow: uow.requests.prune(before=before))
 
-        Housekeeping never waits long for a lock: the next round will prune instead.
+    def prune_changes(self, *, before: datetime.datetime) -> int:
+        """Forget the changes committed before `before`; the new compact revision, or 0."""
+        return self._housekeep(lambda uow: uow.changes.prune(before=before))
+
+    def _housekeep(self, work: Callable[[SqlUnitOfWork], int]) -> int:
+        """work in a write unit of work of its own, committed.
+
+        Housekeeping never waits long for a lock: the next round will do it instead.
         """
         # Off the event loop, in the maintenance thread: it may wait for the lock.
         deadline = time.monotonic() + 5
         with SqlUnitOfWork(self.engine, for_write=True, deadline=deadline) as uow:
-            forgotten = uow.requests.prune(before=before)
+            done = work(uow)
             uow.commit()
-        return forgotten
-
-    def prune_changes(self, *, before: datetime.datetime) -> int:
-        """Forget the changes committed before `before`; the new compact revision, or 0."""
-        deadline = time.monotonic() + 5
-        with SqlUnitOfWork(self.engine, for_write=True, deadline=deadline) as uow:
-            compact = uow.changes.prune(before=before)
-            uow.commit()
-        return compact
+        return done
 
     def schema_revision(self) -> str | None:
         """The schema revision the database is at; None when never migrated."""
