@@ -39,8 +39,6 @@ UNKNOWN_RULE = "delete_image_locations"
 EXIT_UNAUTHENTICATED = 64 + grpc.StatusCode.UNAUTHENTICATED.value[0]
 SECONDS = 60
 
-needs_grpcurl = pytest.mark.skipif(not GRPCURL.exists(), reason=f"no grpcurl at {GRPCURL}")
-
 
 # Processes: the console script, bounded, with no IMAGELOC_* variable of the caller's shell.
 
@@ -442,7 +440,6 @@ def test_the_cli_calls_over_mtls_with_a_token(secured: Secured, passed_as: str) 
     assert image["id"] in listed_ids(listed.stdout), listed.stderr
 
 
-@needs_grpcurl
 def test_grpcurl_with_certificates_and_a_bearer_header_lists_and_gets_images(
     secured: Secured,
 ) -> None:
@@ -466,7 +463,6 @@ def test_grpcurl_with_certificates_and_a_bearer_header_lists_and_gets_images(
     assert json.loads(got.stdout)["image"]["owner"] == "p1"
 
 
-@needs_grpcurl
 def test_grpcurl_without_the_header_is_unauthenticated(secured: Secured) -> None:
     result = grpcurl(
         *secured.grpcurl_tls(secured.user()), "-d", "{}", secured.target,
@@ -477,7 +473,6 @@ def test_grpcurl_without_the_header_is_unauthenticated(secured: Secured) -> None
     assert '"cause":"missing"' in result.stderr
 
 
-@needs_grpcurl
 def test_health_and_reflection_answer_grpcurl_without_a_token(secured: Secured) -> None:
     tls = secured.grpcurl_tls(secured.user())
     health = grpcurl(*tls, secured.target, "grpc.health.v1.Health/Check")
