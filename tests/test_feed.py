@@ -13,7 +13,7 @@ from imageloc.server.domain.model import Change, ChangeType, Image, ImageStatus
 from imageloc.server.domain.ports import StoreHead
 from imageloc.server.watch import feed as feed_module
 from imageloc.server.watch.feed import ChangeFeed
-from imageloc.server.watch.stream import Batch, batches
+from imageloc.server.watch.stream import Batch, Selections, batches
 
 T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
 
@@ -65,7 +65,7 @@ def test_the_feed_keeps_the_newest_changes_and_the_head() -> None:
         assert [c.revision for c in feed.since(2)] == [3, 4, 5]
         log.commit()
         feed.wake()
-        assert await feed.advanced(2)
+        await asyncio.wait_for(feed.changed(), 2)
         assert feed.head.revision == 6
         await feed.stop()
 
@@ -82,8 +82,8 @@ def test_a_live_stream_that_falls_out_of_the_ring_is_too_slow(
         feed = ChangeFeed(log.read, poll_seconds=0.001, batch_seconds=0)
         feed.start()
         stream = batches(
-            feed, log.read, image_ids=(), start_revision=0, visible=lambda c: True,
-            progress_seconds=5,
+            feed, log.read, Selections(), image_ids=(), start_revision=0, viewer="v",
+            visible=lambda c: True, render=lambda b: b, progress_seconds=5,
         )  # fmt: skip
         first: Batch = await anext(stream)
         assert first.revision == 0
@@ -97,8 +97,8 @@ def test_a_live_stream_that_falls_out_of_the_ring_is_too_slow(
         await stream.aclose()
         # From history a stream reads the log itself, however far back.
         history = batches(
-            feed, log.read, image_ids=(), start_revision=1, visible=lambda c: True,
-            progress_seconds=5,
+            feed, log.read, Selections(), image_ids=(), start_revision=1, viewer="v",
+            visible=lambda c: True, render=lambda b: b, progress_seconds=5,
         )  # fmt: skip
         assert (await anext(history)).revision == 1
         got = (await anext(history)).changes

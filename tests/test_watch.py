@@ -221,6 +221,26 @@ def test_an_idle_stream_gets_progress_with_the_current_revision(
     assert all(not r.events and r.revision == image.revision for r in responses)
 
 
+def test_a_filtered_stream_gets_progress_while_other_images_change(
+    server_factory: ServerFactory, channels: list[grpc.Channel], watchers: list[Watcher]
+) -> None:
+    # Changes it does not watch move the store on; the stream must still say where it is.
+    stub = stub_of(server_factory(watch_progress_seconds=0.2), channels)
+    busy = make_image(stub, "active")
+    watcher = watch(stub, watchers, image_ids=[str(uuid.uuid4())])
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:  # a change every 20 ms, well inside the interval
+        stub.DeactivateImage(pb.DeactivateImageRequest(image_id=busy.id))
+        time.sleep(0.01)
+        stub.ReactivateImage(pb.ReactivateImageRequest(image_id=busy.id))
+        time.sleep(0.01)
+    responses = watcher.wait_responses(1)  # those that came while the store moved on
+    assert len(responses) >= 4, responses
+    assert not any(r.events for r in responses)
+    revisions = [r.revision for r in responses]
+    assert revisions == sorted(revisions) and revisions[-1] > revisions[0]
+
+
 def test_refusals_of_a_start_revision_and_of_an_id(
     stub: pb_grpc.ImageServiceStub, database_url: str
 ) -> None:

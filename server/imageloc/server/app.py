@@ -233,6 +233,8 @@ async def _grpc_server(
         read_changes,
         # SQLite's other processes are polled; PostgreSQL's replicas NOTIFY, the poll is a net.
         poll_seconds=SQLITE_FEED_POLL_SECONDS if embedded else POSTGRES_FEED_POLL_SECONDS,
+        # Idle streams look at the clock four times a progress interval.
+        tick_seconds=settings.watch_progress_seconds / 4,
         wakeups=None if embedded else functools.partial(wake_on_notify, settings.database_url),
     )
     watch = watch_handler(

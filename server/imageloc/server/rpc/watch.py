@@ -6,6 +6,7 @@ and authorization the servicer's (serve), the conversions rpc.convert's.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any
 
@@ -24,7 +25,7 @@ from imageloc.server.rpc.servicer import (
     refusal_status,
 )
 from imageloc.server.watch.feed import ChangeFeed, ReadChanges, StreamsClosedError
-from imageloc.server.watch.stream import Batch, batches
+from imageloc.server.watch.stream import Batch, Selections, batches
 from imageloc.v1 import image_service_pb2 as pb
 
 _EVENT_TYPES = {
@@ -51,6 +52,7 @@ def watch_handler(
     """
 
     views = SharedViews()
+    selections: Selections[bytes] = Selections()
 
     async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         await admission.pass_through()
@@ -63,14 +65,17 @@ def watch_handler(
         stream = batches(
             feed,
             read,
+            selections,
             image_ids=watch.image_ids,
             start_revision=watch.start_revision,
+            viewer=access.identity,
             visible=lambda change: views.of(change, access) is not None,
+            render=functools.partial(_response, access, views),
             progress_seconds=progress_seconds,
         )
         try:
-            async for batch in stream:
-                await context.write(_response(batch, access, views))
+            async for response in stream:
+                await context.write(response)
         except StreamsClosedError:
             await _abort(context, STOPPING)
         except DomainError as error:
@@ -116,7 +121,7 @@ class SharedViews:
         return view
 
 
-def _response(batch: Batch, access: CallerAccess, views: SharedViews) -> bytes:
+def _response(access: CallerAccess, views: SharedViews, batch: Batch) -> bytes:
     """The WatchImagesResponse of batch, encoded: its events as they were encoded once."""
     parts: list[bytes] = []
     for change in batch.changes:

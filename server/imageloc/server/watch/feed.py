@@ -3,7 +3,9 @@
 Runs on the server's event loop; imports asyncio and the domain. It reads the log through
 a callable (the service's read, run the way the server runs store calls), woken by this
 process's own writes (at most every batch_seconds), by `wakeups` (PostgreSQL's NOTIFY from
-every replica) and every poll_seconds whatever happens.
+every replica) and every poll_seconds whatever happens. Streams wait on one event, set when
+the head moves and every tick_seconds (so an idle stream can send its progress): no timer
+or task per waiting stream.
 """
 
 from __future__ import annotations
@@ -50,12 +52,14 @@ class ChangeFeed:
         *,
         poll_seconds: float = 0.02,
         batch_seconds: float = 0.02,
+        tick_seconds: float = 1.0,
         wakeups: Wakeups | None = None,
     ) -> None:
         self._read = read
         self._wakeups = wakeups
         self._poll_seconds = poll_seconds
         self._batch_seconds = batch_seconds
+        self.tick_seconds = tick_seconds
         self._ring: collections.deque[Change] = collections.deque(maxlen=RING_SIZE)
         self.head = StoreHead(revision=0, compact_revision=0)
         self._wake = asyncio.Event()
@@ -68,6 +72,7 @@ class ChangeFeed:
     def start(self) -> None:
         """Begin following the log (on the running loop), and listening for wake-ups."""
         self._tasks.append(asyncio.ensure_future(self._follow()))
+        self._tasks.append(asyncio.ensure_future(self._tick()))
         if self._wakeups is not None:
             self._tasks.append(asyncio.ensure_future(self._wakeups(self.wake)))
 
@@ -82,7 +87,7 @@ class ChangeFeed:
     def close_streams(self) -> None:
         """End every stream: the server stops (its calls in flight have been answered)."""
         self._closed = True
-        self._advanced.set()
+        self._release()
 
     @property
     def closed(self) -> bool:
@@ -114,14 +119,28 @@ class ChangeFeed:
         ring = self._ring
         if not ring or revision >= ring[-1].revision:
             return []
-        skip = max(0, revision - ring[0].revision + 1)
-        if skip < len(ring) and ring[skip].revision == revision + 1:  # revisions are dense
-            return list(itertools.islice(ring, skip, None))
+        # Streams ask for the newest few: count them from the right end (a deque walks to
+        # an index, so slicing from the left would cost the whole ring).
+        count = ring[-1].revision - revision
+        if count <= len(ring) and ring[-count].revision == revision + 1:  # revisions are dense
+            newest = list(itertools.islice(reversed(ring), count))
+            newest.reverse()
+            return newest
         return [change for change in ring if change.revision > revision]
 
-    async def advanced(self, timeout: float) -> bool:
-        """Wait until the head moves on, for timeout seconds at most; False on timeout."""
-        return await _wait(self._advanced, timeout)
+    async def changed(self) -> None:
+        """Return once the head moves on, the streams must end, or a tick has passed."""
+        await self._advanced.wait()
+
+    def _release(self) -> None:
+        """Wake every waiting stream (changed)."""
+        advanced, self._advanced = self._advanced, asyncio.Event()
+        advanced.set()
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self.tick_seconds)
+            self._release()
 
     async def _follow(self) -> None:
         while True:
@@ -155,8 +174,7 @@ class ChangeFeed:
             )
             self._ready.set()
             if moved:
-                advanced, self._advanced = self._advanced, asyncio.Event()
-                advanced.set()
+                self._release()
             if len(changes) < READ_LIMIT:
                 return
 

@@ -1,13 +1,16 @@
 """One WatchImages stream: which changes it sends, when, and when it is refused or ended.
 
-Runs on the server's event loop; imports asyncio and the domain. The gRPC adapter turns
-each Batch into a WatchImagesResponse and each DomainError into its status.
+Runs on the server's event loop; imports asyncio and the domain. The gRPC adapter says how
+a Batch is written (Selections' render: a WatchImagesResponse, encoded) and turns each
+DomainError into its status.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-from collections.abc import AsyncGenerator, Callable, Collection, Sequence
+from collections.abc import AsyncGenerator, Callable, Collection, Hashable, Sequence
+from typing import Generic, TypeVar
 
 from imageloc.server.domain.errors import DomainError, Reason
 from imageloc.server.domain.model import Change
@@ -20,6 +23,9 @@ MAX_BATCH = 100
 #: Whether the watcher may see a change (its image as changed): the caller's access.
 Visible = Callable[[Change], bool]
 
+#: A response as the adapter writes it.
+R = TypeVar("R")
+
 
 @dataclasses.dataclass(frozen=True)
 class Batch:
@@ -29,21 +35,75 @@ class Batch:
     revision: int
 
 
+#: How the adapter writes a batch.
+Render = Callable[[Batch], R]
+
+
+class Selections(Generic[R]):
+    """The responses of live streams, made once for every stream in the same place.
+
+    Streams at the same revision, watching the same ids as the same viewer, are sent the
+    same response when the head moves: 100 watchers of one service cost one selection and
+    one encoding, then 100 writes. The changes between two revisions never change, so a
+    response is found again by those revisions, the ids and the viewer.
+    """
+
+    def __init__(self, size: int = 4096) -> None:
+        self._size = size
+        self._made: dict[tuple[int, int, frozenset[str], Hashable], tuple[R | None, int]] = {}
+
+    def live(
+        self, feed: ChangeFeed, position: int, *, ids: frozenset[str], viewer: Hashable,
+        visible: Visible, render: Render[R],
+    ) -> tuple[R | None, int]:  # fmt: skip
+        """The response for a stream at position (None: nothing it may see), and the
+        revision it has then caught up to; position >= feed.oldest. visible and render
+        are the viewer's: every stream of one viewer sees and gets the same."""
+        key = (position, feed.head.revision, ids, viewer)
+        try:
+            return self._made[key]
+        except KeyError:
+            pass
+        changes = feed.since(position)
+        caught_up_to = max(feed.head.revision, changes[-1].revision if changes else 0)
+        if len(changes) > MAX_BATCH:  # a response stays small; the rest comes next
+            changes = changes[:MAX_BATCH]
+            caught_up_to = changes[-1].revision
+        made = _rendered(render, _selected(changes, ids, visible), caught_up_to), caught_up_to
+        if len(self._made) >= self._size:
+            self._made.clear()
+        self._made[key] = made
+        return made
+
+
+def _rendered(render: Render[R], sent: Sequence[Change], revision: int) -> R | None:
+    """The response of the changes sent (None when there are none)."""
+    return render(Batch(sent, revision)) if sent else None
+
+
+def _selected(changes: Sequence[Change], ids: frozenset[str], visible: Visible) -> list[Change]:
+    return [c for c in changes if (not ids or c.image.id in ids) and visible(c)]
+
+
 async def batches(
     feed: ChangeFeed,
     read: ReadChanges,
+    selections: Selections[R],
     *,
     image_ids: Collection[str],
     start_revision: int,
+    viewer: Hashable,
     visible: Visible,
+    render: Render[R],
     progress_seconds: float,
-) -> AsyncGenerator[Batch, None]:
-    """The stream's batches, the first at once; DomainError for a refused start or a
+) -> AsyncGenerator[R, None]:
+    """The stream's responses, the first at once; DomainError for a refused start or a
     watcher that fell out of the feed's memory after it had caught up (WATCHER_TOO_SLOW);
     StreamsClosedError once the server stops.
 
     History older than the feed's memory is read from the store first (start_revision
-    far back); once caught up the stream follows the feed.
+    far back); once caught up the stream follows the feed. visible and render are the
+    viewer's (every stream of one viewer sees the same changes, written the same way).
     """
     await feed.ready()
     if start_revision == 0 or start_revision > feed.head.revision:
@@ -75,18 +135,26 @@ async def batches(
     ids = frozenset(image_ids)
     position = start_revision or head.revision
     live = position >= head.revision  # caught up: from now on it follows the feed
-    yield Batch((), position)
+    clock = asyncio.get_running_loop().time
+    # A progress response is due when the next tick would come too late for it.
+    progress_due = max(0.0, progress_seconds - feed.tick_seconds)
+    yield render(Batch((), position))
+    sent_at = clock()
     while True:
         if feed.closed:
             raise StreamsClosedError("the server is stopping")
         if position >= feed.head.revision:
             live = True
-            if not await feed.advanced(progress_seconds) and position >= feed.head.revision:
-                yield Batch((), position)
+            await feed.changed()
+            if position >= feed.head.revision and clock() - sent_at >= progress_due:
+                yield render(Batch((), position))
+                sent_at = clock()
             continue
+        response: R | None
         if position >= feed.oldest:
-            changes: Sequence[Change] = feed.since(position)
-            caught_up_to = max(feed.head.revision, changes[-1].revision if changes else 0)
+            response, position = selections.live(
+                feed, position, ids=ids, viewer=viewer, visible=visible, render=render
+            )
         elif live:
             raise DomainError(
                 Reason.WATCHER_TOO_SLOW,
@@ -96,11 +164,12 @@ async def batches(
             )
         else:
             changes, _ = await read(position, READ_LIMIT)
-            caught_up_to = changes[-1].revision if changes else feed.oldest
-        if len(changes) > MAX_BATCH:  # a response stays small; the rest comes next
             changes = changes[:MAX_BATCH]
-            caught_up_to = changes[-1].revision
-        sent = [c for c in changes if (not ids or c.image.id in ids) and visible(c)]
-        position = max(position, caught_up_to)
-        if sent:
-            yield Batch(sent, position)
+            caught_up_to = changes[-1].revision if changes else feed.oldest
+            position = max(position, caught_up_to)
+            response = _rendered(render, _selected(changes, ids, visible), position)
+        if response is None and clock() - sent_at >= progress_due:
+            response = render(Batch((), position))  # nothing it sees, for a while
+        if response is not None:
+            yield response
+            sent_at = clock()
