@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import threading
 from collections.abc import Sequence
@@ -78,13 +79,6 @@ class InMemoryChanges:
         self.changes = changes
         self.revision = head
 
-    def next_revision(self) -> int:
-        self.revision += 1
-        return self.revision
-
-    def append(self, change: Change) -> None:
-        self.changes.append(change)
-
     def head(self) -> StoreHead:
         return StoreHead(revision=self.revision, compact_revision=0)
 
@@ -129,6 +123,18 @@ class InMemoryUnitOfWork:
         tb: TracebackType | None,
     ) -> None:
         self._store.lock.release()
+
+    def commit_change(self, change: Change, *, request_log_id: str | None) -> int:
+        self.changes.revision += 1
+        revision = self.changes.revision
+        image = dataclasses.replace(change.image, store_revision=revision)
+        self.images.rows[image.id] = image
+        if request_log_id is not None:
+            recorded = self.requests.rows[request_log_id]
+            self.requests.rows[request_log_id] = RecordedOutcome(recorded.fingerprint, image)
+        self.changes.changes.append(dataclasses.replace(change, revision=revision, image=image))
+        self.commit()
+        return revision
 
     def commit(self) -> None:
         self._store.committed = dict(self.images.rows)

@@ -238,7 +238,8 @@ def test_a_filtered_stream_gets_progress_while_other_images_change(
     assert len(responses) >= 4, responses
     assert not any(r.events for r in responses)
     revisions = [r.revision for r in responses]
-    assert revisions == sorted(revisions) and revisions[-1] > revisions[0]
+    assert revisions == sorted(revisions)
+    assert revisions[-1] > revisions[0]
 
 
 def test_refusals_of_a_start_revision_and_of_an_id(

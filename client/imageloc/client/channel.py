@@ -4,6 +4,10 @@ service_config.json (shipped beside this module, and read by the Node client too
 per-method deadlines and retries UNAVAILABLE. Retrying a mutation is safe only because
 ImageClient gives each one a request_id, which its retries share, and the server answers
 a repeated request_id with the first outcome instead of applying it again.
+
+It also balances round_robin over every address a target names ("ipv4:h1:p1,h2:p2",
+"dns:///name:port"), so that callers without a proxy spread their calls over replicas and
+retry elsewhere when one stops (docs/client-balancing.md).
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ def channel_options() -> list[tuple[str, Any]]:
     """gRPC channel arguments: the service config, retries on, keepalive."""
     return [
         ("grpc.service_config", json.dumps(service_config())),
+        # The shipped config is the one used: no DNS TXT record replaces it (gRPC's default).
+        ("grpc.service_config_disable_resolution", 1),
         ("grpc.enable_retries", 1),
         ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
         ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
@@ -46,12 +52,23 @@ def channel_options() -> list[tuple[str, Any]]:
 
 
 def open_channel(
-    target: str, *, credentials: grpc.ChannelCredentials | None = None
+    target: str,
+    *,
+    credentials: grpc.ChannelCredentials | None = None,
+    authority: str | None = None,
 ) -> grpc.Channel:
-    """A channel to target with the service-to-service defaults: TLS with credentials."""
+    """A channel to target with the service-to-service defaults: TLS with credentials.
+
+    `authority` is the name sent as :authority and verified on each server's certificate,
+    instead of the one gRPC takes from target; over TLS an "ipv4:h1:p1,h2:p2" target needs
+    it, since gRPC would verify the whole address list as a name.
+    """
+    options = channel_options()
+    if authority is not None:
+        options.append(("grpc.default_authority", authority))
     if credentials is None:
-        return grpc.insecure_channel(target, options=channel_options())
-    return grpc.secure_channel(target, credentials, options=channel_options())
+        return grpc.insecure_channel(target, options=options)
+    return grpc.secure_channel(target, credentials, options=options)
 
 
 def tls_credentials(
@@ -107,14 +124,37 @@ class _BearerToken(grpc.AuthMetadataPlugin):
 
 
 def is_loopback(target: str) -> bool:
-    """Whether target ("host:port", "[::1]:port", "unix:...", "ipv4:...") stays on this host."""
+    """Whether every address the gRPC target names stays on this host.
+
+    "host:port", "[::1]:port", "dns:///name:port" and "dns:name:port" by the name (not what
+    it resolves to); "ipv4:h1:p1,h2:p2" and "ipv6:[h1]:p1,[h2]:p2" only when each address is
+    loopback; "unix:..." always.
+    """
     if target.startswith(("unix:", "unix-abstract:")):
         return True
-    host = target.rsplit("///", maxsplit=1)[-1].removeprefix("ipv4:").removeprefix("ipv6:")
-    if host.startswith("["):
-        host = host[1:].partition("]")[0]
-    elif host.count(":") == 1:
-        host = host.partition(":")[0]
+    scheme, _, rest = target.partition(":")
+    if scheme in ("ipv4", "ipv6"):
+        return all(_is_loopback_host(_host(address)) for address in rest.split(","))
+    if scheme == "dns":
+        if rest.startswith("//"):
+            dns_server, _, rest = rest[2:].partition("/")
+            if dns_server:  # that server says where a name goes: only an IP literal counts
+                host = _host(rest)
+                return host != "localhost" and _is_loopback_host(host)
+        return _is_loopback_host(_host(rest))
+    return _is_loopback_host(_host(target))
+
+
+def _host(address: str) -> str:
+    """The host of "host", "host:port", "[v6]" or "[v6]:port" (a bare v6 address as is)."""
+    if address.startswith("["):
+        return address[1:].partition("]")[0]
+    if address.count(":") == 1:
+        return address.partition(":")[0]
+    return address
+
+
+def _is_loopback_host(host: str) -> bool:
     if host == "localhost":
         return True
     try:

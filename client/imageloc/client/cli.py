@@ -16,7 +16,7 @@ from typing import Any
 
 import grpc
 
-from imageloc.client import auth_commands, output, server_commands
+from imageloc.client import auth_commands, cluster_commands, output, server_commands
 from imageloc.client.client import DEFAULT_TARGET, ImageClient
 from imageloc.client.convert import STATUS_WORDS, VISIBILITY_WORDS, to_locations
 from imageloc.client.errors import ImagelocError
@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         return server_commands.run(args)
     if args.command in auth_commands.COMMANDS:
         return auth_commands.run(args)
+    if args.command in cluster_commands.COMMANDS:
+        return cluster_commands.run(args)
     return _call_server(args)
 
 
@@ -69,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_client_options(parser, defaults=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     server_commands.add_commands(commands)
+    cluster_commands.add_commands(commands)
     auth_commands.add_commands(commands)
     common = _common_options()
     image = commands.add_parser("image", help="Create, show, list, delete images; move status.")
@@ -108,7 +111,10 @@ def _add_client_options(
         "--server",
         metavar="ADDR",
         default=os.environ.get("IMAGELOC_SERVER", DEFAULT_TARGET) if defaults else unset,
-        help=f"the server's host:port (default: $IMAGELOC_SERVER or {DEFAULT_TARGET})",
+        help=(
+            "the server's host:port, or a gRPC target over replicas: ipv4:h1:p1,h2:p2 or"
+            f" dns:///name:port (default: $IMAGELOC_SERVER or {DEFAULT_TARGET})"
+        ),
     )
     parser.add_argument(
         "--json",

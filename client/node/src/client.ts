@@ -3,7 +3,15 @@
 // The watch logic (ImageWatch, waitForStatus) lives in watch.ts.
 import { randomUUID } from "node:crypto";
 import type { DescMessage, MessageInitShape } from "@bufbuild/protobuf";
-import { type CallOptions, type Client, Code, ConnectError, type Interceptor, createClient } from "@connectrpc/connect";
+import {
+  type CallOptions,
+  type Client,
+  Code,
+  ConnectError,
+  type Interceptor,
+  type Transport,
+  createClient,
+} from "@connectrpc/connect";
 import { Http2SessionManager, createGrpcTransport } from "@connectrpc/connect-node";
 import {
   type AddLocationRequestSchema,
@@ -24,6 +32,7 @@ import {
   type ReplaceLocationRequestSchema,
   type StageImageRequestSchema,
 } from "../../../generated/ts/imageloc/v1/image_service_pb.js";
+import { BalancedTransport } from "./balancing.js";
 import { ImagelocError } from "./errors.js";
 import { ServiceConfig, serviceConfigInterceptor } from "./service-config.js";
 import { ImageWatch, type WaitOptions, type WatchImagesInit, type WatchOptions, waitForStatus } from "./watch.js";
@@ -55,37 +64,50 @@ export interface ImageClientOptions {
 type Init<T extends DescMessage> = MessageInitShape<T>;
 
 export class ImageClient {
-  private readonly session: Http2SessionManager;
+  /** Closes the connections (one, or one per replica). */
+  private readonly abortConnections: () => void;
   private readonly rpc: Client<typeof ImageService>;
   /** Aborted by close(): ends the watches, which would otherwise resume. */
   private readonly closed = new AbortController();
 
   /**
    * target is "host:port" (plaintext, or TLS when options.tls is given) or a URL such as
-   * "http://127.0.0.1:50051" or "https://imageloc.example:50051".
+   * "http://127.0.0.1:50051" or "https://imageloc.example:50051"; several of them are
+   * replicas to balance over, round robin (BalancedTransport, docs/client-balancing.md).
    */
-  constructor(target: string, options: ImageClientOptions = {}) {
+  constructor(target: string | readonly string[], options: ImageClientOptions = {}) {
     const scheme = options.tls ? "https" : "http";
-    const baseUrl = target.includes("://") ? target : `${scheme}://${target}`;
-    this.session = new Http2SessionManager(baseUrl, KEEPALIVE, options.tls ? { ...options.tls } : undefined);
+    const baseUrls = (typeof target === "string" ? [target] : [...target]).map((t) =>
+      t.includes("://") ? t : `${scheme}://${t}`,
+    );
+    const tls = options.tls ? { ...options.tls } : undefined;
     const token = options.token;
     const credentials: Interceptor[] = token === undefined ? [] : [bearer(token)];
-    const transport = createGrpcTransport({
-      baseUrl,
-      sessionManager: this.session,
-      interceptors: [
-        serviceConfigInterceptor(options.serviceConfig ?? ServiceConfig.load()),
-        ...credentials,
-        ...(options.interceptors ?? []),
-      ],
-    });
+    const interceptors = [
+      serviceConfigInterceptor(options.serviceConfig ?? ServiceConfig.load()),
+      ...credentials,
+      ...(options.interceptors ?? []),
+    ];
+    let transport: Transport;
+    if (baseUrls.length === 1) {
+      const session = new Http2SessionManager(baseUrls[0]!, KEEPALIVE, tls);
+      transport = createGrpcTransport({ baseUrl: baseUrls[0]!, sessionManager: session, interceptors });
+      this.abortConnections = () => session.abort();
+    } else {
+      const balanced = new BalancedTransport(baseUrls, {
+        session: (baseUrl) => new Http2SessionManager(baseUrl, KEEPALIVE, tls),
+        interceptors,
+      });
+      transport = balanced;
+      this.abortConnections = () => balanced.close();
+    }
     this.rpc = createClient(ImageService, transport);
   }
 
-  /** Closes the HTTP/2 connection; open watches end with an ImagelocError of code Canceled. */
+  /** Closes the HTTP/2 connections; open watches end with an ImagelocError of code Canceled. */
   close(): void {
     this.closed.abort(new ConnectError("the client was closed", Code.Canceled));
-    this.session.abort();
+    this.abortConnections();
   }
 
   createImage(req: Init<typeof CreateImageRequestSchema>, opt?: CallOptions): Promise<Image> {
@@ -163,7 +185,8 @@ export class ImageClient {
 
   /**
    * The image once its status is one of statuses: GetImage, then a watch from its
-   * revision. Rejects with WaitError (WAIT_TIMEOUT, IMAGE_DELETED, STATUS_UNREACHABLE)
+   * revision (from now when that is 0 or compacted, with GetImage again once the stream
+   * is open). Rejects with WaitError (WAIT_TIMEOUT, IMAGE_DELETED, STATUS_UNREACHABLE)
    * or the ImagelocError of a refused call.
    */
   waitForStatus(imageId: string, statuses: ImageStatus | Iterable<ImageStatus>, opt: WaitOptions): Promise<Image> {

@@ -1,6 +1,7 @@
 // The imageloc Node client: ImageClient, ImagelocError, the watch (ImageWatch,
 // waitForStatus, WaitError), the service config, and the generated messages and
 // enums (Image, ImageEvent, ImageStatus, ...).
+export { BalancedTransport, EJECT_MS, type BalancedTransportOptions } from "./balancing.js";
 export { ImageClient, KEEPALIVE, type ImageClientOptions, type TlsOptions } from "./client.js";
 export { ERROR_DOMAIN, ImagelocError } from "./errors.js";
 export {

@@ -92,12 +92,24 @@ type WatchRpc = Pick<Client<typeof ImageService>, "watchImages">;
  * The stream is opened on the first next(); an ImageWatch is iterated once.
  */
 export class ImageWatch implements AsyncIterableIterator<ImageEvent> {
+  /**
+   * Resolves when the first response arrives, which the server sends at once: every
+   * change committed from then on is delivered (started from revision 0, "from now", one
+   * committed before may not be). The stream opens on the first next(), so that comes first;
+   * a stream that fails before responding is resumed, and the promise waits on. Rejects
+   * with the error that ends the watch before then, or with an ImagelocError of code
+   * Canceled when the watch is closed first; left unobserved, that rejection is not an
+   * unhandled one.
+   */
+  readonly opened: Promise<void>;
+  readonly #open: Settle;
   readonly #closed = new AbortController();
   readonly #events: AsyncGenerator<ImageEvent, undefined, undefined>;
   #revision: bigint;
 
   constructor(rpc: WatchRpc, req: WatchImagesInit = {}, options: WatchOptions = {}) {
     this.#revision = BigInt(req.startRevision ?? 0);
+    [this.opened, this.#open] = settled();
     this.#events = this.#run(rpc, [...(req.imageIds ?? [])], options);
   }
 
@@ -117,6 +129,7 @@ export class ImageWatch implements AsyncIterableIterator<ImageEvent> {
   /** Cancels the stream, also while a next() is pending (which then resolves done). */
   return(): Promise<IteratorResult<ImageEvent, undefined>> {
     this.#closed.abort();
+    this.#open.reject(closedBeforeOpen()); // a watch never iterated runs no finally of #run
     return this.#events.return(undefined);
   }
 
@@ -137,6 +150,7 @@ export class ImageWatch implements AsyncIterableIterator<ImageEvent> {
           );
           for await (const res of responses) {
             failures = 0;
+            this.#open.resolve();
             for (const event of res.events) {
               if (event.revision > this.#revision) this.#revision = event.revision;
               yield event;
@@ -162,10 +176,34 @@ export class ImageWatch implements AsyncIterableIterator<ImageEvent> {
           throw canceled(signal);
         }
       }
+    } catch (e) {
+      this.#open.reject(e);
+      throw e;
     } finally {
       this.#closed.abort();
+      this.#open.reject(closedBeforeOpen());
     }
   }
+}
+
+/** Settles a promise; after the first call, the others do nothing. */
+interface Settle {
+  resolve(): void;
+  reject(reason: unknown): void;
+}
+
+/** A promise and what settles it; its rejection counts as handled even if nobody awaits it. */
+function settled(): [Promise<void>, Settle] {
+  let settle: Settle | undefined;
+  const promise = new Promise<void>((resolve, reject) => {
+    settle = { resolve: () => resolve(), reject };
+  });
+  promise.catch(() => undefined);
+  return [promise, settle!];
+}
+
+function closedBeforeOpen(): ImagelocError {
+  return ImagelocError.from(new ConnectError("the watch was closed before its stream opened", Code.Canceled));
 }
 
 /** UNAVAILABLE (a replica went away) and WATCHER_TOO_SLOW are resumed; all else ends the watch. */
@@ -175,6 +213,11 @@ function resumable(err: ImagelocError): boolean {
 
 function isWatcherTooSlow(err: ImagelocError): boolean {
   return err.code === Code.ResourceExhausted && err.reason === "WATCHER_TOO_SLOW";
+}
+
+/** A start revision older than the change log keeps: list (or get) again, then watch from that. */
+function isCompacted(e: unknown): boolean {
+  return e instanceof ImagelocError && e.code === Code.OutOfRange && e.reason === "REVISION_COMPACTED";
 }
 
 function metadataRevision(err: ImagelocError): bigint | undefined {
@@ -234,14 +277,17 @@ export interface WaitOptions {
 /** What waitForStatus needs of a client (ImageClient has it). */
 export interface ImageWatcher {
   getImage(req: MessageInitShape<typeof GetImageRequestSchema>, opt?: { signal?: AbortSignal }): Promise<Image>;
-  watchImages(req: WatchImagesInit, opt?: WatchOptions): AsyncIterable<ImageEvent>;
+  watchImages(req: WatchImagesInit, opt?: WatchOptions): Pick<ImageWatch, "opened" | "revision" | "next" | "return">;
 }
 
 /**
  * Gets the image and, unless its status is one of statuses already, watches it from the
  * image's revision (no change missed, no polling) until an event brings it to one of
- * them; returns the image in that state. Rejects with WaitError (WAIT_TIMEOUT,
- * IMAGE_DELETED, STATUS_UNREACHABLE), or with the ImagelocError of a refused call.
+ * them; returns the image in that state. An image of revision 0 (unchanged since the
+ * change log began), or one whose revision the log no longer keeps (REVISION_COMPACTED),
+ * is watched from now instead: once the stream is open, GetImage again, then the events.
+ * Rejects with WaitError (WAIT_TIMEOUT, IMAGE_DELETED, STATUS_UNREACHABLE), or with the
+ * ImagelocError of a refused call.
  */
 export async function waitForStatus(
   client: ImageWatcher,
@@ -260,13 +306,35 @@ export async function waitForStatus(
   try {
     last = await client.getImage({ imageId }, { signal });
     if (verdict(last, ImageEventType.UNSPECIFIED, goal, fail)) return last;
-    const events = client.watchImages({ imageIds: [imageId], startRevision: last.revision }, { signal });
-    for await (const event of events) {
-      if (event.image === undefined || event.image.id !== imageId) continue;
-      last = event.image;
-      if (verdict(last, event.type, goal, fail)) return last;
+    // From the image's own revision no change after GetImage is missed. But from 0 a watch
+    // delivers only what commits after its stream opens, and a compacted revision is
+    // refused: then watch from now and, once the stream is open, look again.
+    let start = last.revision;
+    for (;;) {
+      const watch = client.watchImages({ imageIds: [imageId], startRevision: start }, { signal });
+      try {
+        const first = watch.next(); // opens the stream; its result is consumed below
+        if (start === 0n) {
+          // Raced so that an error ending the watch before it opens surfaces at once.
+          await Promise.race([watch.opened, first.then(() => watch.opened)]);
+          last = await client.getImage({ imageId }, { signal });
+          if (verdict(last, ImageEventType.UNSPECIFIED, goal, fail)) return last;
+        }
+        for (let result = await first; !result.done; result = await watch.next()) {
+          const event = result.value;
+          if (event.image === undefined || event.image.id !== imageId) continue;
+          last = event.image;
+          if (verdict(last, event.type, goal, fail)) return last;
+        }
+        throw new Error("imageloc: a watch ended without an error");
+      } catch (e) {
+        // A refusal of revision 0 itself would come again: only a later one starts over.
+        if (!isCompacted(e) || watch.revision === 0n) throw e;
+        start = 0n;
+      } finally {
+        await watch.return();
+      }
     }
-    throw new Error("imageloc: a watch ended without an error");
   } catch (e) {
     if (timer.signal.aborted && !options.signal?.aborted) {
       const seen = last === undefined ? "before GetImage answered" : `(last status ${statusName(last.status)})`;

@@ -414,20 +414,78 @@ describe("watchImages", () => {
       { token: () => `t${++asked}` },
     );
   });
+
+  test("opened resolves at the first response, after a resume too", async () => {
+    const { attempts, impl } = scriptedWatch([sends([], unavailable()), sendsThenHolds(progress(3))]);
+    await withServer(impl, async (client) => {
+      const watch = client.watchImages();
+      let open = false;
+      void watch.opened.then(() => (open = true));
+      const pending = watch.next();
+      while (attempts.length < 1) await within(sleep(10), STEP_MS, "the first attempt");
+      assert.equal(open, false, "not open before a response");
+      await within(watch.opened, STEP_MS, "opened");
+      assert.equal(attempts.length, 2);
+      assert.equal(watch.revision, 3n);
+      await within(watch.return(), STEP_MS, "return()");
+      assert.deepEqual(await within(pending, STEP_MS, "the pending next()"), { done: true, value: undefined });
+    });
+  });
+
+  test("opened rejects with the refusal that ends the watch before a response, or Canceled when closed first", async () => {
+    const denied = refusal(Code.PermissionDenied, "PERMISSION_DENIED");
+    const { impl } = scriptedWatch([sends([], denied)]);
+    await withServer(impl, async (client) => {
+      const refused = client.watchImages({ startRevision: 1 });
+      const { err } = await watchError(refused);
+      await assert.rejects(within(refused.opened, STEP_MS, "opened"), (e) => e === err);
+
+      const never = client.watchImages();
+      await never.return();
+      await assert.rejects(within(never.opened, STEP_MS, "opened"), isCanceled);
+    });
+  });
 });
 
-/** A fake with GetImage answering `image` and WatchImages playing steps. */
+/** What GetImage answers: the image's status and revision. */
+type ImageState = readonly [status: ImageStatus, revision: number];
+
+/**
+ * A fake with GetImage answering an image of status and revision, then on its n-th later
+ * call later[n - 1] (the last one repeated), and WatchImages playing steps. calls logs in
+ * order each GetImage ("GetImage queued@5"), each scripted WatchImages call ("WatchImages
+ * from 5") and each response the steps send, just before it goes ("response 7").
+ */
 function imageAndWatch(
   status: ImageStatus,
   revision: number,
   steps: Step[],
-): { attempts: Attempt[]; impl: Partial<ServiceImpl<typeof ImageService>> } {
-  const watch = scriptedWatch(steps);
+  later: ImageState[] = [],
+): { attempts: Attempt[]; calls: string[]; impl: Partial<ServiceImpl<typeof ImageService>> } {
+  const calls: string[] = [];
+  const logged = steps.map(
+    (step): Step =>
+      async function* (req, ctx) {
+        calls.push(`WatchImages from ${req.startRevision}`);
+        for await (const res of step(req, ctx)) {
+          calls.push(`response ${res.revision ?? 0n}`);
+          yield res;
+        }
+      },
+  );
+  const answers: ImageState[] = [[status, revision], ...later];
+  let gets = 0;
+  const watch = scriptedWatch(logged);
   return {
     attempts: watch.attempts,
+    calls,
     impl: {
       ...watch.impl,
-      getImage: (req) => ({ image: { id: req.imageId, status, revision: BigInt(revision) } }),
+      getImage: (req) => {
+        const [s, r] = answers[Math.min(gets++, answers.length - 1)]!;
+        calls.push(`GetImage ${ImageStatus[s].toLowerCase()}@${r}`);
+        return { image: { id: req.imageId, status: s, revision: BigInt(r) } };
+      },
     },
   };
 }
@@ -550,6 +608,85 @@ describe("waitForStatus", () => {
     await withServer(impl, async (client) => {
       const image = await client.waitForStatus(IMAGE_ID, ImageStatus.DELETED, { timeoutMs: STEP_MS });
       assert.equal(image.status, ImageStatus.DELETED);
+    });
+  });
+
+  test("an image at revision 0: watches from now and, once the stream is open, gets the image again", async () => {
+    const { attempts, calls, impl } = imageAndWatch(
+      ImageStatus.QUEUED,
+      0,
+      [
+        async function* (req, ctx) {
+          await sleep(100); // a GetImage sent before the stream is open would come first
+          yield* sendsThenHolds(progress(7))(req, ctx);
+        },
+      ],
+      [[ImageStatus.ACTIVE, 8]],
+    );
+    await withServer(impl, async (client) => {
+      const image = await client.waitForStatus(IMAGE_ID, ImageStatus.ACTIVE, { timeoutMs: STEP_MS });
+      assert.equal(image.status, ImageStatus.ACTIVE);
+      assert.equal(image.revision, 8n);
+      assert.deepEqual(startRevisions(attempts), [0]);
+      assert.deepEqual(calls, ["GetImage queued@0", "WatchImages from 0", "response 7", "GetImage active@8"]);
+      await within(attempts[0]!.canceled, STEP_MS, "the server seeing the cancel");
+    });
+  });
+
+  test("an image at revision 0 still queued on the second GetImage: follows the watch's events", async () => {
+    const { attempts, impl } = imageAndWatch(ImageStatus.QUEUED, 0, [
+      sendsThenHolds({ events: [event(8, ImageStatus.ACTIVE)], revision: 8n }),
+    ]);
+    await withServer(impl, async (client) => {
+      const image = await client.waitForStatus(IMAGE_ID, ImageStatus.ACTIVE, { timeoutMs: STEP_MS });
+      assert.equal(image.revision, 8n);
+      assert.deepEqual(startRevisions(attempts), [0]);
+    });
+  });
+
+  test("an image at revision 0 whose stream never opens: WAIT_TIMEOUT, and the watch is cancelled", async () => {
+    const { attempts, calls, impl } = imageAndWatch(ImageStatus.QUEUED, 0, [untilCanceled]);
+    await withServer(impl, async (client) => {
+      const err = await waitError(client.waitForStatus(IMAGE_ID, ImageStatus.ACTIVE, { timeoutMs: 200 }));
+      assert.equal(err.reason, "WAIT_TIMEOUT");
+      assert.equal(err.image?.status, ImageStatus.QUEUED);
+      assert.deepEqual(calls, ["GetImage queued@0", "WatchImages from 0"], "no GetImage before the stream opens");
+      await within(attempts[0]!.canceled, STEP_MS, "the server seeing the cancel");
+    });
+  });
+
+  test("a revision refused REVISION_COMPACTED: gets the image again and watches from now", async () => {
+    const compacted = refusal(Code.OutOfRange, "REVISION_COMPACTED", { compactRevision: "9", httpStatus: "410" });
+    const { attempts, calls, impl } = imageAndWatch(ImageStatus.QUEUED, 5, [
+      sends([], compacted),
+      sendsThenHolds(progress(10), { events: [event(12, ImageStatus.ACTIVE)], revision: 12n }),
+    ]);
+    await withServer(impl, async (client) => {
+      const image = await client.waitForStatus(IMAGE_ID, ImageStatus.ACTIVE, { timeoutMs: STEP_MS });
+      assert.equal(image.status, ImageStatus.ACTIVE);
+      assert.equal(image.revision, 12n);
+      assert.deepEqual(startRevisions(attempts), [5, 0]);
+      assert.deepEqual(calls.slice(0, 4), [
+        "GetImage queued@5",
+        "WatchImages from 5",
+        "WatchImages from 0",
+        "response 10",
+      ]);
+      // The second GetImage follows the stream's first response; the event may come before it or after.
+      assert.deepEqual(calls.slice(4).sort(), ["GetImage queued@5", "response 12"]);
+      await within(attempts[1]!.canceled, STEP_MS, "the server seeing the cancel");
+    });
+  });
+
+  test("a REVISION_COMPACTED refusal of revision 0 itself is not tried again", async () => {
+    const compacted = refusal(Code.OutOfRange, "REVISION_COMPACTED", { compactRevision: "9" });
+    const { attempts, impl } = imageAndWatch(ImageStatus.QUEUED, 0, [sends([], compacted)]);
+    await withServer(impl, async (client) => {
+      await assert.rejects(
+        within(client.waitForStatus(IMAGE_ID, ImageStatus.ACTIVE, { timeoutMs: STEP_MS }), STEP_MS, "waitForStatus"),
+        (e) => e instanceof ImagelocError && e.reason === "REVISION_COMPACTED",
+      );
+      assert.equal(attempts.length, 1);
     });
   });
 

@@ -30,7 +30,7 @@ from imageloc.server.maintenance import Maintenance
 from imageloc.server.rpc.drain import Admission
 from imageloc.server.rpc.health import DrainingHealth
 from imageloc.server.rpc.servicer import ImageServicer, add_to_server
-from imageloc.server.rpc.store_calls import InlineCalls, StoreCalls, ThreadedCalls
+from imageloc.server.rpc.store_calls import InlineCalls, LoopCalls, StoreCalls
 from imageloc.server.rpc.watch import watch_handler
 from imageloc.server.service import ImageService
 from imageloc.server.store import SqlStore, is_embedded
@@ -125,6 +125,7 @@ class Server:
             self.loop.run(self._drain(deadline))
         self.loop.run(self.feed.stop())
         self.calls.close()
+        self.loop.run(self.store.close_loop_connections())
         self.store.dispose()
         self.loop.close()
 
@@ -155,10 +156,11 @@ def build_server(settings: Settings) -> Server:
 
     On SQLite every call runs on the event loop (InlineCalls): the store never blocks it,
     a writer's lock is waited for by retrying, and the writes of one loop turn commit
-    together. On PostgreSQL calls run on max_workers threads.
+    together. On PostgreSQL every call runs in a greenlet on the loop (LoopCalls), over
+    psycopg's AsyncConnection.
     """
     security = Security.from_settings(settings)
-    store = SqlStore(settings.database_url, event_loop=is_embedded(settings.database_url))
+    store = SqlStore(settings.database_url, event_loop=True, loop_pool_size=settings.max_workers)
     try:
         if store.is_embedded:
             store.upgrade()
@@ -175,7 +177,7 @@ def build_server(settings: Settings) -> Server:
     calls: StoreCalls = (
         InlineCalls(max_wait_seconds=SQLITE_BUSY_TIMEOUT_MS / 1000, durable=store.durable)
         if store.is_embedded
-        else ThreadedCalls(workers=settings.max_workers)
+        else LoopCalls()
     )
     loop = LoopThread("imageloc-server")
     try:

@@ -30,7 +30,8 @@ class Settings:
     hashing_algorithm: str = "sha512"
     grace_seconds: float = 10.0
     drain_seconds: float = 3.0
-    max_workers: int = 8
+    # PostgreSQL connections per server process (calls run on the event loop).
+    max_workers: int = 16
     health_check_seconds: float = 2.0
     request_retention_seconds: float = 86_400.0
     # WatchImages (docs/api.md): progress messages, and how long the change log is kept.

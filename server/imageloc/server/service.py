@@ -217,8 +217,7 @@ class ImageService:
             with self._uow(for_write=True, deadline=self._deadline) as uow:
                 if (answered := self._answered_before(uow)) is not None:
                     return answered
-                created = dataclasses.replace(image, store_revision=uow.changes.next_revision())
-                if not uow.images.add(created):
+                if not uow.images.add(image):
                     # The id may be taken by a concurrent attempt of this same request,
                     # whose insert this one waited for.
                     if (answered := self._answered_before(uow)) is not None:
@@ -229,10 +228,8 @@ class ImageService:
                         image_id=new_id,
                         field="id",
                     )
-                if self._record(uow, created):
-                    uow.changes.append(_change(None, created, now))
-                    uow.commit()
-                    return created
+                if self._record(uow, image):
+                    return self._commit(uow, None, image, now)
         raise ConcurrentUpdateError(f"request {self._request} kept colliding")
 
     def delete_image(self, image_id: str, *, etag: str | None = None) -> Image:
@@ -387,15 +384,10 @@ class ImageService:
                     continue
                 now = self._clock()
                 changed = dataclasses.replace(
-                    decided,
-                    revision=current.revision + 1,
-                    updated_at=now,
-                    store_revision=uow.changes.next_revision(),
+                    decided, revision=current.revision + 1, updated_at=now
                 )
                 if uow.images.save(current, changed) and self._record(uow, changed):
-                    uow.changes.append(_change(current, changed, now))
-                    uow.commit()
-                    return changed
+                    return self._commit(uow, current, changed, now)
         raise ConcurrentUpdateError(
             f"image {image_id} kept changing under {MAX_WRITE_ATTEMPTS} writes"
         )
@@ -420,6 +412,14 @@ class ImageService:
             )
         return recorded.image
 
+    def _commit(
+        self, uow: UnitOfWork, old: Image | None, new: Image, at: datetime.datetime
+    ) -> Image:
+        """Commit the change from old to new (written in uow); new at its store revision."""
+        log_id = None if self._request is None else self._request.log_id
+        revision = uow.commit_change(_change(old, new, at), request_log_id=log_id)
+        return dataclasses.replace(new, store_revision=revision)
+
     def _record(self, uow: UnitOfWork, image: Image) -> bool:
         """Record this request's outcome in uow; False when another got the id first."""
         if self._request is None:
@@ -428,10 +428,9 @@ class ImageService:
 
 
 def _change(old: Image | None, new: Image, at: datetime.datetime) -> Change:
-    """The change log's entry for turning old (None: nothing) into new, committed at `at`."""
-    return Change(
-        revision=new.store_revision, type=change_type(old, new), image=new, commit_time=at
-    )
+    """The change log's entry for turning old (None: nothing) into new, committed at `at`
+    (its revision is the store's to take: UnitOfWork.commit_change)."""
+    return Change(revision=0, type=change_type(old, new), image=new, commit_time=at)
 
 
 def _visible(image: Image | None, image_id: str) -> Image:

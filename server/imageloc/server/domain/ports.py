@@ -106,18 +106,6 @@ class StoreHead:
 class ChangeLog(Protocol):
     """Every committed change, in store revision order (the change feed)."""
 
-    def next_revision(self) -> int:
-        """Take the store's next revision for a change this transaction commits.
-
-        Taken under the store's revision lock, held to the end of the transaction, so
-        that revisions commit in the order they are taken.
-        """
-        ...
-
-    def append(self, change: Change) -> None:
-        """Log change (its revision from next_revision) in this transaction."""
-        ...
-
     def head(self) -> StoreHead:
         """The newest committed revision and the compact revision, as this transaction sees."""
         ...
@@ -156,6 +144,17 @@ class UnitOfWork(Protocol):
 
     def commit(self) -> None:
         """Make the transaction's writes durable."""
+        ...
+
+    def commit_change(self, change: Change, *, request_log_id: str | None) -> int:
+        """Log change at the store's next revision and commit; that revision.
+
+        The image written in this transaction (and the outcome recorded for request_log_id,
+        if any) take the revision too: change.revision and the store_revision of the images
+        given before are placeholders. The revision is taken under the store's revision
+        lock, held to the end of the transaction, so revisions commit in the order they
+        are taken; it is taken last, so the lock is held for the commit alone.
+        """
         ...
 
 

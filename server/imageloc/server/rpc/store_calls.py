@@ -1,6 +1,7 @@
-"""How the asyncio server runs a handler's store work: inline on the loop, or on threads.
+"""How the asyncio server runs a handler's store work: inline on the loop (SQLite), or in a
+greenlet on the loop (PostgreSQL).
 
-Imports asyncio and the domain's ports.
+Imports asyncio, SQLAlchemy's greenlet bridge and the domain's ports.
 """
 
 from __future__ import annotations
@@ -8,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from concurrent import futures
 from typing import Protocol, TypeVar
+
+from sqlalchemy.util import greenlet_spawn
 
 from imageloc.server.domain.ports import StoreBusyError
 
@@ -18,8 +20,6 @@ T = TypeVar("T")
 #: The first pause before trying a busy store again, and the longest one.
 FIRST_RETRY_SECONDS = 0.0005
 MAX_RETRY_SECONDS = 0.02
-#: Threads for the work run apart (the change feed and the streams' history reads).
-APART_WORKERS = 2
 
 
 class StoreCalls(Protocol):
@@ -80,27 +80,21 @@ class InlineCalls:
         pass
 
 
-class ThreadedCalls:
-    """Runs each call on one of `workers` threads, where it may block on the database.
+class LoopCalls:
+    """Runs each call in a greenlet on the event loop; its statements await there.
 
-    For PostgreSQL, whose calls wait on the network.
+    For PostgreSQL on psycopg's AsyncConnection (store/driver.py's LoopDriver): the
+    blocking-style store code suspends at each round trip and the loop serves other calls
+    meanwhile, with no thread hand-off and no thread contending for the GIL.
     """
 
-    def __init__(self, *, workers: int) -> None:
-        self._pool = futures.ThreadPoolExecutor(
-            max_workers=workers, thread_name_prefix="imageloc-store"
-        )
-        # The change feed's reads: behind a burst of writes their events would wait too.
-        self._apart = futures.ThreadPoolExecutor(
-            max_workers=APART_WORKERS, thread_name_prefix="imageloc-feed"
-        )
-
     async def run(self, call: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, call)
+        result: T = await greenlet_spawn(call)
+        return result
 
     async def run_apart(self, call: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._apart, call)
+        """As run: nothing queues on the loop."""
+        return await self.run(call)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        self._apart.shutdown(wait=False, cancel_futures=True)
+        pass

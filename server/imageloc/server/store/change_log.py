@@ -10,20 +10,39 @@ from collections.abc import Sequence
 
 from imageloc.server.domain.model import Change, ChangeType
 from imageloc.server.domain.ports import StoreHead
-from imageloc.server.store.driver import Driver, Sql
+from imageloc.server.store.driver import Driver, Sql, Statements
 from imageloc.server.store.request_log import decode_image, encode_image
 
 # The one row's lock orders the writers: PostgreSQL holds it to the end of the transaction,
 # so a revision taken later commits later (no reader sees 101 while 100 is in flight);
-# SQLite's writer holds the database's lock anyway.
+# SQLite's writer holds the database's lock anyway. It is taken by the last statements
+# before COMMIT, sent with it in one round trip (commit_statements): the lock is held for
+# the commit alone, not while the writer's process gets round to its next statement.
 _NEXT_REVISION = Sql(
     "UPDATE store_state SET revision = revision + 1 WHERE id = 1 RETURNING revision"
 )
-_HEAD = Sql("SELECT revision, compact_revision FROM store_state WHERE id = 1")
-_APPEND = Sql(
-    "INSERT INTO image_changes (revision, image_id, type, image, commit_time)"
-    " VALUES (?, ?, ?, ?, ?)"
+#: The revision just taken, inside the statements that follow it in the transaction.
+_TAKEN = "(SELECT revision FROM store_state WHERE id = 1)"
+
+
+def _stamped(json: str) -> Sql:
+    """The encoded image json (a parameter or a column) with its store_revision set to
+    the revision taken."""
+    return Sql(
+        f"json_set({json}, '$.store_revision', {_TAKEN})",
+        postgresql=f"jsonb_set(CAST({json} AS jsonb), '{{store_revision}}', to_jsonb({_TAKEN}))",
+    )
+
+
+_STAMP_IMAGE = Sql(f"UPDATE images SET store_revision = {_TAKEN} WHERE id = ?")
+_STAMP_OUTCOME = _stamped("outcome").wrap(
+    "UPDATE request_log SET outcome = {} WHERE request_id = ?"
 )
+_APPEND = _stamped("?").wrap(
+    "INSERT INTO image_changes (revision, image_id, type, image, commit_time)"
+    f" VALUES ({_TAKEN}, ?, ?, {{}}, ?)"
+)
+_HEAD = Sql("SELECT revision, compact_revision FROM store_state WHERE id = 1")
 _AFTER = Sql(
     "SELECT revision, type, image, commit_time FROM image_changes"
     " WHERE revision > ? ORDER BY revision LIMIT ?"
@@ -43,27 +62,22 @@ class SqlChangeLog:
     def __init__(self, driver: Driver) -> None:
         self._driver = driver
 
-    def next_revision(self) -> int:
-        """Take the store's next revision (the row stays locked until the transaction ends)."""
-        row = self._driver.row(_NEXT_REVISION)
-        assert row is not None, "store_state has no row: the schema is not migrated"
-        return int(row[0])
-
-    def append(self, change: Change) -> None:
-        """Log change in this transaction."""
+    def commit_statements(self, change: Change, *, request_log_id: str | None) -> Statements:
+        """The statements that take the next revision (the first; it returns it), stamp
+        change's image row and request_log_id's outcome with it, and log change at it;
+        the unit of work runs them right before COMMIT (UnitOfWork.commit_change)."""
         driver = self._driver
-        driver.count(
-            _APPEND,
-            (
-                change.revision,
-                change.image.id,
-                change.type.value,
-                driver.json_in(encode_image(change.image)),
-                driver.time_in(change.commit_time),
-            ),
+        image = change.image
+        statements: Statements = [(_NEXT_REVISION, ()), (_STAMP_IMAGE, (image.id,))]
+        if request_log_id is not None:
+            statements.append((_STAMP_OUTCOME, (request_log_id,)))
+        encoded = driver.json_in(encode_image(image))
+        statements.append(
+            (_APPEND, (image.id, change.type.value, encoded, driver.time_in(change.commit_time)))
         )
         if driver.postgresql:
-            driver.row(_NOTIFY)
+            statements.append((_NOTIFY, ()))
+        return statements
 
     def head(self) -> StoreHead:
         """The newest committed revision and the compact revision."""

@@ -1,6 +1,6 @@
 """The store's SQL on the raw driver connection (sqlite3 or psycopg), in the schema's encodings.
 
-Imports psycopg's JSON adapter and the store's error translation.
+Imports psycopg, SQLAlchemy's greenlet bridge (await_only) and the store's error translation.
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ import operator
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from psycopg import IsolationLevel
 from psycopg.types.json import Json
+from sqlalchemy.util import await_only
 
 from imageloc.server.store.engine import DRIVER_ERRORS, unavailable
 
@@ -29,9 +31,17 @@ class Sql:
 
     __slots__ = ("postgresql", "sqlite")
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, *, postgresql: str | None = None) -> None:
         self.sqlite = text
-        self.postgresql = text.replace("?", "%s")
+        self.postgresql = (text if postgresql is None else postgresql).replace("?", "%s")
+
+    def wrap(self, outer: str) -> Sql:
+        """outer (a statement with `{}` where this expression goes, `?` placeholders)."""
+        return Sql(outer.format(self.sqlite), postgresql=outer.format(self.postgresql))
+
+
+#: Statements with their parameters, to run in order.
+Statements = list[tuple[Sql, Sequence[Any]]]
 
 
 class Driver:
@@ -57,6 +67,10 @@ class Driver:
         """How many rows statement changed."""
         return int(self._run(statement, parameters, _ROWCOUNT))
 
+    def rows_of(self, statements: Statements) -> list[list[Any]]:
+        """Every row of each statement, run in order (in one round trip where it can)."""
+        return [self.rows(statement, values) for statement, values in statements]
+
     def run_many(self, statement: Sql, rows: Iterable[Sequence[Any]]) -> None:
         """Run statement once per row of parameters."""
         try:
@@ -73,6 +87,35 @@ class Driver:
 
     def _sql(self, statement: Sql) -> str:
         return statement.postgresql if self.postgresql else statement.sqlite
+
+    # PostgreSQL's transactions (SQLite's are plain statements: the unit of work's).
+
+    def begin(self, isolation: IsolationLevel | None, settings: str, values: Sequence[Any]) -> None:
+        """Begin a transaction at isolation (None: the server's default, READ COMMITTED)
+        with settings, a statement that SET LOCALs (empty: none)."""
+        self.connection.isolation_level = isolation
+        if settings:  # SET LOCAL, in one round trip; it begins the transaction
+            self.connection.execute(settings, values)
+
+    def commit(self) -> None:
+        """COMMIT."""
+        self.connection.commit()
+
+    def run_then_commit(self, statements: Statements) -> Any:
+        """Run statements, then COMMIT, in one round trip (pipeline mode); the first row
+        of the first statement. PostgreSQL only (SQLite: one statement at a time)."""
+        connection = self.connection
+        try:
+            with connection.pipeline():
+                cursors = [connection.execute(s.postgresql, values) for s, values in statements]
+                connection.commit()
+            return cursors[0].fetchone()
+        except DRIVER_ERRORS as error:
+            raise unavailable(error) from error
+
+    def rollback(self) -> None:
+        """ROLLBACK."""
+        self.connection.rollback()
 
     def time_in(self, value: datetime.datetime) -> Any:
         """A tz-aware timestamp as its column stores it (UTC)."""
@@ -101,3 +144,77 @@ class Driver:
         if self.postgresql:
             return value
         return {} if value == "{}" else json.loads(value)  # most locations carry no metadata
+
+
+class LoopDriver(Driver):
+    """A psycopg AsyncConnection, driven by the store's blocking code on the event loop.
+
+    The unit of work runs in a greenlet (rpc/store_calls.py's LoopCalls); each statement
+    awaits the network on the loop (await_only), so a call needs no thread and no hand-off.
+    Round trips are saved with pipeline mode: the transaction's settings (begin) go with
+    its first statement, rows_of sends its statements together, and run_then_commit
+    sends the last statements with COMMIT.
+    """
+
+    def __init__(self, connection: Any) -> None:
+        super().__init__(connection, postgresql=True)
+        self._prelude: Statements = []
+
+    def _run(self, statement: Sql, parameters: Sequence[Any], take: Callable[[Any], Any]) -> Any:
+        try:
+            if self._prelude:
+                (cursor,) = await_only(self._pipelined([(statement, parameters)]))
+            else:
+                cursor = await_only(self.connection.execute(statement.postgresql, parameters))
+            if take is _ROWCOUNT:
+                return cursor.rowcount
+            return await_only(take(cursor))
+        except DRIVER_ERRORS as error:
+            raise unavailable(error) from error
+
+    def rows_of(self, statements: Statements) -> list[list[Any]]:
+        try:
+            cursors = await_only(self._pipelined(statements))
+            return [await_only(cursor.fetchall()) for cursor in cursors]
+        except DRIVER_ERRORS as error:
+            raise unavailable(error) from error
+
+    def run_many(self, statement: Sql, rows: Iterable[Sequence[Any]]) -> None:
+        try:
+            if self._prelude:
+                await_only(self._pipelined([]))
+            await_only(self.connection.cursor().executemany(statement.postgresql, rows))
+        except DRIVER_ERRORS as error:
+            raise unavailable(error) from error
+
+    def begin(self, isolation: IsolationLevel | None, settings: str, values: Sequence[Any]) -> None:
+        await_only(self.connection.set_isolation_level(isolation))  # no round trip
+        self._prelude = [(Sql(settings.replace("%s", "?")), values)] if settings else []
+
+    def commit(self) -> None:
+        self._prelude = []  # nothing ran: no transaction began
+        await_only(self.connection.commit())
+
+    def rollback(self) -> None:
+        self._prelude = []
+        await_only(self.connection.rollback())
+
+    def run_then_commit(self, statements: Statements) -> Any:
+        try:
+            (first, *_) = await_only(self._pipelined(statements, commit=True))
+            return await_only(first.fetchone())
+        except DRIVER_ERRORS as error:
+            raise unavailable(error) from error
+
+    async def _pipelined(self, statements: Statements, *, commit: bool = False) -> list[Any]:
+        """The cursors of the prelude's and statements' results, sent in one round trip
+        (and COMMIT after them); the prelude's are left out."""
+        connection = self.connection
+        prelude, self._prelude = self._prelude, []
+        async with connection.pipeline():
+            for statement, values in prelude:
+                await connection.execute(statement.postgresql, values)
+            cursors = [await connection.execute(s.postgresql, values) for s, values in statements]
+            if commit:
+                await connection.commit()
+        return cursors

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 from sqlalchemy import Connection, Engine, create_engine, event, exc, make_url, select
 from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 
 from imageloc.server.domain.ports import StoreBusyError, StoreUnavailableError
@@ -49,6 +51,66 @@ def create_engine_from_url(url: str) -> Engine:
         connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS},
         **_POOL_SIZE,
     )
+
+
+LOOP_POOL_RECYCLE_SECONDS = 300
+#: A pooled connection idle this long is pinged before a call uses it; after a lost one,
+#: every one is for a while.
+LOOP_PING_IDLE_SECONDS = 1.0
+LOOP_SUSPECT_SECONDS = 10.0
+_IDLE_SINCE = "imageloc_idle_since"
+
+
+class LoopEngine:
+    """A PostgreSQL engine whose connections are psycopg's AsyncConnection, for the event
+    loop (SqlStore(event_loop=True)): the pool waits for a free connection on the loop.
+
+    A connection is pinged (a round trip) when it comes out of the pool after lying idle
+    for LOOP_PING_IDLE_SECONDS, and every connection is for LOOP_SUSPECT_SECONDS after one
+    was found lost (suspect()): those the database dropped in an outage are replaced
+    before a call uses them. Under load, with no outage, no call pays for a ping.
+    """
+
+    def __init__(self, url: str, *, pool_size: int) -> None:
+        self.engine = create_async_engine(
+            make_url(url),
+            pool_pre_ping=False,
+            pool_recycle=LOOP_POOL_RECYCLE_SECONDS,
+            pool_timeout=POOL_TIMEOUT_SECONDS,
+            connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS},
+            # A fixed pool: an overflow connection would be opened and closed per call
+            # under load (a PostgreSQL backend started each time); a call waits instead.
+            pool_size=pool_size,
+            max_overflow=0,
+        )
+        self._suspect_until = 0.0
+        event.listen(self.engine.sync_engine, "checkin", self._on_checkin)
+        event.listen(self.engine.sync_engine, "checkout", self._on_checkout)
+
+    def suspect(self) -> None:
+        """A connection was lost: ping every one before use for a while."""
+        self._suspect_until = time.monotonic() + LOOP_SUSPECT_SECONDS
+
+    @staticmethod
+    def _on_checkin(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        record.info[_IDLE_SINCE] = time.monotonic()
+
+    def _on_checkout(self, dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
+        idle_since = record.info.get(_IDLE_SINCE)
+        now = time.monotonic()
+        if idle_since is None:
+            return  # new
+        if now - idle_since < LOOP_PING_IDLE_SECONDS and now >= self._suspect_until:
+            return  # in steady use
+        try:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("SELECT 1")
+            cursor.close()
+            dbapi_connection.rollback()  # the ping began a transaction
+        except DRIVER_ERRORS as error:
+            # The pool discards this connection and checks out another (SQLAlchemy's
+            # documented pessimistic disconnect handling).
+            raise exc.DisconnectionError(str(error)) from error
 
 
 def is_memory_sqlite(url: URL) -> bool:

@@ -85,12 +85,15 @@ class SqlImageRepository:
         """The image with this id, deleted ones included, or None."""
         driver = self._driver
         if self._lock_rows:
+            # Sent together: the locations are read once the row's lock is granted.
             statement = _SELECT_IMAGE_FOR_UPDATE[driver.postgresql]
-            row = driver.row(statement, (image_id,))
-            if row is None:
+            image_rows, found = driver.rows_of(
+                [(statement, (image_id,)), (_SELECT_LOCATIONS, (image_id,))]
+            )
+            if not image_rows:
                 return None
-            found = driver.rows(_SELECT_LOCATIONS, (image_id,))
-            return self._image(row, tuple(self._location(url, data) for url, data in found))
+            locations = tuple(self._location(url, data) for url, data in found)
+            return self._image(image_rows[0], locations)
         rows = driver.rows(_SELECT_IMAGE_WITH_LOCATIONS, (image_id,))
         if not rows:
             return None

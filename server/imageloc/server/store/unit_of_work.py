@@ -11,10 +11,13 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Self
 
+import psycopg
 from psycopg import IsolationLevel
+from psycopg.pq import TransactionStatus
 from sqlalchemy import Engine
 from sqlalchemy.pool import PoolProxiedConnection
 
+from imageloc.server.domain.model import Change
 from imageloc.server.domain.ports import (
     DeadlineExceededError,
     ImageRepository,
@@ -22,9 +25,10 @@ from imageloc.server.domain.ports import (
 )
 from imageloc.server.store import schema
 from imageloc.server.store.change_log import SqlChangeLog
-from imageloc.server.store.driver import Driver
+from imageloc.server.store.driver import Driver, LoopDriver
 from imageloc.server.store.engine import (
     SQLITE_BUSY_TIMEOUT_MS,
+    LoopEngine,
     check_database,
     create_engine_from_url,
     is_memory_sqlite,
@@ -69,8 +73,10 @@ class SqlUnitOfWork:
         for_write: bool,
         deadline: float | None = None,
         loop_connections: LoopConnections | None = None,
+        on_lost: Callable[[], None] | None = None,
     ) -> None:
         self._engine = engine
+        self._on_lost = on_lost
         self._postgresql = engine.dialect.name == "postgresql"
         self._for_write = for_write
         self._deadline = deadline
@@ -106,7 +112,12 @@ class SqlUnitOfWork:
                 return self._loop_connections.begin_write()
             return self._loop_connections.begin_read()
         self._pooled = self._engine.raw_connection()
-        driver = Driver(self._pooled.driver_connection, postgresql=self._postgresql)
+        connection = self._pooled.driver_connection
+        driver = (
+            LoopDriver(connection)
+            if isinstance(connection, psycopg.AsyncConnection)
+            else Driver(connection, postgresql=self._postgresql)
+        )
         self._begin(driver, wait_ms)
         return driver
 
@@ -114,9 +125,11 @@ class SqlUnitOfWork:
         """Begin the transaction; wait_ms bounds its every wait for a lock (see _wait_ms)."""
         connection = driver.connection
         if self._postgresql:
-            connection.isolation_level = None if self._for_write else _REPEATABLE_READ
-            if wait_ms is not None:  # SET LOCAL, in one round trip; it begins the transaction
-                connection.execute(_SET_LOCAL_TIMEOUTS, (str(wait_ms), str(wait_ms)))
+            isolation = None if self._for_write else _REPEATABLE_READ
+            if wait_ms is None:
+                driver.begin(isolation, "", ())
+            else:
+                driver.begin(isolation, _SET_LOCAL_TIMEOUTS, (str(wait_ms), str(wait_ms)))
             return
         busy_ms = SQLITE_BUSY_TIMEOUT_MS if wait_ms is None else wait_ms
         connection.execute(f"PRAGMA busy_timeout = {int(busy_ms)}")
@@ -154,19 +167,28 @@ class SqlUnitOfWork:
         connection = self._driver.connection
         if self._postgresql:
             if how == "COMMIT":
-                connection.commit()
+                self._driver.commit()
             else:
-                connection.rollback()
+                self._driver.rollback()
         elif connection.in_transaction:
             connection.execute(how)
 
     def _release(self) -> None:
-        """Give the connection back to the pool, or drop it when the database broke it."""
+        """Give the connection back to the pool, or drop it when the database broke it or
+        its transaction could not be ended (a call cancelled while the database stalled)."""
         pooled, self._pooled, self._driver = self._pooled, None, None
         if pooled is None:
             return
-        if self._postgresql and getattr(pooled.driver_connection, "broken", False):
-            pooled.invalidate()
+        if self._postgresql:
+            connection = pooled.driver_connection
+            if (
+                connection is None
+                or connection.broken
+                or (connection.info.transaction_status != TransactionStatus.IDLE)
+            ):
+                pooled.invalidate()
+                if self._on_lost is not None:
+                    self._on_lost()  # the others may be lost too
         pooled.close()
 
     def _wait_ms(self) -> int | None:
@@ -192,27 +214,48 @@ class SqlUnitOfWork:
             self._end("COMMIT")
         self._committed = True
 
+    def commit_change(self, change: Change, *, request_log_id: str | None) -> int:
+        """Log change at the next revision and commit (UnitOfWork.commit_change); on
+        PostgreSQL the revision's statements and COMMIT go in one round trip."""
+        driver = self._driver
+        if driver is None:
+            raise RuntimeError("commit_change() outside the unit of work's `with` block")
+        statements = self.changes.commit_statements(change, request_log_id=request_log_id)
+        if self._postgresql:
+            with translated_errors():
+                row = driver.run_then_commit(statements)
+            self._committed = True
+        else:
+            (take, values), rest = statements[0], statements[1:]
+            row = driver.row(take, values)
+            for statement, values in rest:
+                driver.count(statement, values)
+            self.commit()
+        assert row is not None, "store_state has no row: the schema is not migrated"
+        return int(row[0])
+
 
 class SqlStore:
     """The database behind a URL: its engine, its schema and its units of work.
 
-    With event_loop=True (SQLite only), units of work are for the one event loop thread
-    that serves calls inline: they never wait for a lock (StoreBusyError at once, and the
-    caller sleeps), and the writes of one loop turn commit together (group_commit.py).
-    An in-memory database is one connection that no other process shares: its units of
-    work take turns on it, each committing its own transaction.
+    With event_loop=True, units of work are for the one event loop thread that serves
+    calls. On SQLite they run inline: they never wait for a lock (StoreBusyError at once,
+    and the caller sleeps), and the writes of one loop turn commit together
+    (group_commit.py). On PostgreSQL they run in greenlets on the loop (LoopCalls) over
+    psycopg's AsyncConnection: no thread per call. An in-memory database is one
+    connection that no other process shares: its units of work take turns on it, each
+    committing its own transaction. Housekeeping and migrations use the blocking engine.
     """
 
-    def __init__(self, url: str, *, event_loop: bool = False) -> None:
+    def __init__(self, url: str, *, event_loop: bool = False, loop_pool_size: int = 16) -> None:
         self.url = url
         self.engine = create_engine_from_url(url)
         self._loop_connections: LoopConnections | None = None
-        if event_loop:
-            if not self.is_embedded:
-                self.engine.dispose()
-                raise ValueError("only SQLite serves calls inline on the event loop")
-            if not is_memory_sqlite(self.engine.url):
-                self._loop_connections = LoopConnections(self.engine)
+        self._loop_engine: LoopEngine | None = None
+        if event_loop and not self.is_embedded:
+            self._loop_engine = LoopEngine(url, pool_size=loop_pool_size)
+        elif event_loop and not is_memory_sqlite(self.engine.url):
+            self._loop_connections = LoopConnections(self.engine)
 
     @property
     def is_embedded(self) -> bool:
@@ -221,6 +264,13 @@ class SqlStore:
 
     def unit_of_work(self, *, for_write: bool, deadline: float | None = None) -> SqlUnitOfWork:
         """A new unit of work; pass `store.unit_of_work` where a UnitOfWorkFactory is wanted."""
+        if self._loop_engine is not None:
+            return SqlUnitOfWork(
+                self._loop_engine.engine.sync_engine,
+                for_write=for_write,
+                deadline=deadline,
+                on_lost=self._loop_engine.suspect,
+            )
         return SqlUnitOfWork(
             self.engine,
             for_write=for_write,
@@ -270,8 +320,13 @@ class SqlStore:
         """Raise StoreUnavailableError unless the database answers."""
         check_database(self.engine)
 
+    async def close_loop_connections(self) -> None:
+        """Close the event loop's PostgreSQL connections (on that loop, before dispose)."""
+        if self._loop_engine is not None:
+            await self._loop_engine.engine.dispose()
+
     def dispose(self) -> None:
-        """Close every pooled connection."""
+        """Close every pooled connection (the loop's: close_loop_connections)."""
         if self._loop_connections is not None:
             self._loop_connections.close()
         self.engine.dispose()
