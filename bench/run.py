@@ -56,13 +56,15 @@ def processes(commands: list[list[str]], env: dict[str, str]) -> Iterator[list[i
 
 
 def load(
-    target: str, workload: str, args: argparse.Namespace, ids_file: str, token_file: str = ""
-) -> dict[str, Any]:
-    """Run the load generator in its own process and return its figures."""
+    target: str, workload: str, args: argparse.Namespace, ids_file: str, token_file: str = "",
+    *, channels: int | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Run the load generator in its own process (over channels connections, by default
+    the last --channels) and return its figures."""
     command = [
         sys.executable, str(HERE / "load.py"), "--target", target, "--workload", workload,
         "--concurrency", str(args.concurrency), "--seconds", str(args.seconds),
-        "--channels", str(args.channels), "--image-ids", ids_file,
+        "--channels", str(channels or args.channels[-1]), "--image-ids", ids_file,
     ]  # fmt: skip
     if token_file:
         command += ["--token-file", token_file]
@@ -136,6 +138,7 @@ def machine() -> str:
 def throughput(args: argparse.Namespace) -> int:
     args.images = max(args.images, args.concurrency)  # writers each get images of their own
     env = dict(os.environ)
+    errors = 0
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         ids_file = str(pathlib.Path(tmp, "ids"))
         pathlib.Path(ids_file).write_text(str(uuid.uuid4()) + "\n")
@@ -144,7 +147,10 @@ def throughput(args: argparse.Namespace) -> int:
             [[sys.executable, str(HERE / "ceiling.py"), "--listen", ceiling_target]], env
         ):
             wait_for_port(ceiling_target)
-            ceiling = load(ceiling_target, "empty", args, ids_file)
+            ceilings = {
+                channels: load(ceiling_target, "empty", args, ids_file, channels=channels)
+                for channels in args.channels
+            }
         modes: dict[str, tuple[list[str], str]] = {"none": ([], "")}
         if args.auth == "jwt":
             modes["jwt"] = dev_credentials(tmp)
@@ -152,32 +158,81 @@ def throughput(args: argparse.Namespace) -> int:
             label: stack.enter_context(started(args, tmp, env, label, mode))
             for label, mode in modes.items()
         }
-        results: dict[str, list[dict[str, Any]]] = {label: [] for label in servers}
-        for workload in args.workloads:
-            rounds: dict[str, list[dict[str, Any]]] = {label: [] for label in servers}
-            for number in range(args.rounds):
-                # Alternate the order, so that drift of the machine is shared alike.
-                order = list(servers) if number % 2 == 0 else list(reversed(servers))
-                for label in order:
-                    server = servers[label]
-                    rounds[label].append(
-                        load(server.target, workload, args, server.ids_file, server.token_file)
-                    )
-            for label, figures in rounds.items():
-                results[label].append(combined(figures))
+        # Envoy in front of the plain servers: the same load through it.
+        envoy = stack.enter_context(envoy_in_front(servers["none"].target, tmp, env)) if (
+            args.via_envoy
+        ) else None  # fmt: skip
+        targets = {label: server.target for label, server in servers.items()}
+        if envoy is not None:
+            targets["envoy"] = envoy
+        shapes: dict[int, dict[str, list[dict[str, Any]]]] = {}
+        for channels in args.channels:
+            results: dict[str, list[dict[str, Any]]] = {label: [] for label in targets}
+            for workload in args.workloads:
+                rounds: dict[str, list[dict[str, Any]]] = {label: [] for label in targets}
+                for number in range(args.rounds):
+                    # Alternate the order, so that drift of the machine is shared alike.
+                    order = list(targets) if number % 2 == 0 else list(reversed(targets))
+                    for label in order:
+                        server = servers.get(label, servers["none"])
+                        rounds[label].append(
+                            load(
+                                targets[label], workload, args, server.ids_file,
+                                server.token_file, channels=channels,
+                            )
+                        )  # fmt: skip
+                for label, figures in rounds.items():
+                    results[label].append(combined(figures))
+            shapes[channels] = results
         plain = servers["none"]
         rss_end = [rss_mib(pid) for pid in plain.pids]
         watched = measure_watchers(args, plain) if args.watchers else None
-    report(
-        args, plain.database, ceiling, results=results["none"],
-        rss_start=plain.rss_start, rss_end=rss_end,
-    )  # fmt: skip
-    if "jwt" in results:
-        report_auth(results["none"], results["jwt"])
-    errors = sum(sum(r["errors"].values()) for run in results.values() for r in run)
+    for channels, results in shapes.items():
+        report(
+            args, plain.database, ceilings[channels], results=results["none"], channels=channels,
+            rss_start=plain.rss_start, rss_end=rss_end,
+        )  # fmt: skip
+        if "jwt" in results:
+            report_auth(results["none"], results["jwt"])
+        if "envoy" in results:
+            report_envoy(results["none"], results["envoy"])
+        errors += sum(sum(r["errors"].values()) for run in results.values() for r in run)
+        print()
     if watched is not None:
         errors += report_watchers(args, watched)
     return 1 if errors else 0
+
+
+@contextlib.contextmanager
+def envoy_in_front(target: str, tmp: str, env: dict[str, str]) -> Iterator[str]:
+    """Envoy (deploy/, as `imageloc cluster` runs it) in front of target; its address."""
+    from imageloc.deploy.envoy_config import EnvoyConfig, render
+    from imageloc.deploy.envoy_process import all_healthy, envoy_command, wait_until
+
+    config = EnvoyConfig(
+        replicas=(target,), listen=f"127.0.0.1:{free_port()}", admin=f"127.0.0.1:{free_port()}"
+    )
+    path = pathlib.Path(tmp, "envoy.yaml")
+    path.write_text(render(config, written_by="bench/run.py --via-envoy"))
+    with processes([envoy_command(path)], env):
+        wait_until(config.admin, all_healthy(config.replicas), timeout=30)
+        yield config.listen
+
+
+def report_envoy(direct: list[dict[str, Any]], proxied: list[dict[str, Any]]) -> None:
+    """Each workload through Envoy beside the same run's direct calls."""
+    print()
+    print("Through Envoy (deploy/envoy_config.py, one upstream), beside direct calls:")
+    print()
+    print("| workload | direct calls/s | via Envoy calls/s | via / direct | via p99 ms | errors |")
+    print("|---|---|---|---|---|---|")
+    for plain, via in zip(direct, proxied, strict=True):
+        errors = ", ".join(f"{k} {v}" for k, v in via["errors"].items()) or "0"
+        print(
+            f"| {plain['workload']} | {plain['calls_per_s']:,.0f} | {via['calls_per_s']:,.0f} "
+            f"| {via['calls_per_s'] / plain['calls_per_s']:.2f} | {via['p99_ms']:.1f} "
+            f"| {errors} |"
+        )
 
 
 WATCHED_WORKLOAD = "AddLocation+RemoveLocation"
@@ -369,14 +424,16 @@ def wait_for_port(target: str, seconds: float = 30) -> None:
 
 def report(
     args: argparse.Namespace, database: str, ceiling: dict[str, Any], *,
-    results: list[dict[str, Any]], rss_start: list[float | None], rss_end: list[float | None],
+    results: list[dict[str, Any]], channels: int, rss_start: list[float | None],
+    rss_end: list[float | None],
 ) -> None:  # fmt: skip
     store = database.split(":", 1)[0]
     print(f"# imageloc benchmark, {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC")
     print(f"machine: {machine()}")
     print(
         f"store: {store}; server processes: {args.processes}; calls in flight: "
-        f"{args.concurrency} on {args.channels} channels; {args.seconds:g} s per workload; "
+        f"{args.concurrency} on {channels} channel{'s' if channels > 1 else ''}; "
+        f"{args.seconds:g} s per workload; "
         f"{args.images} images seeded"
     )
     print(f"ceiling (empty RPC, bare grpc.aio server): {ceiling['calls_per_s']:,.0f} calls/s")
@@ -499,7 +556,13 @@ def main() -> int:
     parser.add_argument("--target", help="load a running server instead of starting one")
     parser.add_argument("--processes", type=int, default=1, help="server processes")
     parser.add_argument("--concurrency", type=int, default=64, help="calls in flight")
-    parser.add_argument("--channels", type=int, default=4, help="client connections")
+    parser.add_argument(
+        "--channels",
+        type=int,
+        nargs="+",
+        default=[1, 4],
+        help="client connections; each count is a run of its own, with a table of its own",
+    )
     parser.add_argument("--seconds", type=float, default=10.0, help="per workload")
     parser.add_argument("--images", type=int, default=1000, help="images seeded")
     parser.add_argument("--workloads", nargs="+", default=WORKLOADS, choices=WORKLOADS)
@@ -511,6 +574,11 @@ def main() -> int:
         choices=("none", "jwt"),
         default="none",
         help="jwt: also serve with JWT auth and print each workload's ratio to the run without",
+    )
+    parser.add_argument(
+        "--via-envoy",
+        action="store_true",
+        help="also run every workload through Envoy in front of the servers, beside direct",
     )
     parser.add_argument(
         "--watchers",

@@ -96,7 +96,9 @@ class InMemoryStore:
         self.revision = 0
         self.lock = threading.Lock()
 
-    def unit_of_work(self, *, for_write: bool, deadline: float | None = None) -> InMemoryUnitOfWork:
+    def unit_of_work(
+        self, *, for_write: bool, deadline: float | None = None, one_statement: bool = False
+    ) -> InMemoryUnitOfWork:
         return InMemoryUnitOfWork(self)
 
 

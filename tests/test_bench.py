@@ -20,6 +20,20 @@ def test_the_benchmark_runs_every_workload_and_prints_the_ceiling_ratio() -> Non
                      "mix 90/10"):  # fmt: skip
         assert f"| {workload} |" in done.stdout
     assert "server RSS" in done.stdout
+    # One table per connection shape: one channel (the common caller) and four.
+    assert "on 1 channel;" in done.stdout
+    assert "on 4 channels;" in done.stdout
+
+
+def test_the_benchmark_runs_through_envoy_beside_direct_calls() -> None:
+    done = subprocess.run(
+        [sys.executable, str(BENCH), "--fast", "--via-envoy", "--watchers", "0",
+         "--workloads", "GetImage", "--channels", "1"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Through Envoy" in done.stdout
+    assert "| GetImage |" in done.stdout.split("Through Envoy")[1]
 
 
 def test_the_scale_table_runs() -> None:

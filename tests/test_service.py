@@ -44,7 +44,9 @@ class RacingStore(InMemoryStore):
         super().__init__()
         self.interloper: Callable[[Image], Image] | None = interloper
 
-    def unit_of_work(self, *, for_write: bool, deadline: float | None = None) -> InMemoryUnitOfWork:
+    def unit_of_work(
+        self, *, for_write: bool, deadline: float | None = None, one_statement: bool = False
+    ) -> InMemoryUnitOfWork:
         store = self
 
         class Racing(InMemoryUnitOfWork):

@@ -93,7 +93,9 @@ class BrokenStore:
     def __init__(self, error: Exception) -> None:
         self.error = error
 
-    def unit_of_work(self, *, for_write: bool, deadline: float | None = None) -> Any:
+    def unit_of_work(
+        self, *, for_write: bool, deadline: float | None = None, one_statement: bool = False
+    ) -> Any:
         raise self.error
 
 

@@ -132,7 +132,7 @@ class ImageService:
     def get_image(self, image_id: str) -> Image:
         """The image, unless unknown, deleted or pending_delete."""
         image_id = inputs.parse_image_id(image_id)
-        with self._uow(for_write=False, deadline=self._deadline) as uow:
+        with self._uow(for_write=False, deadline=self._deadline, one_statement=True) as uow:
             image = _visible(uow.images.get(image_id), image_id)
         self._access.authorize(image)
         return image

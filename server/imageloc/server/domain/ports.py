@@ -33,7 +33,8 @@ class ImageRepository(Protocol):
     def save(self, old: Image, new: Image) -> bool:
         """Write new over old only if the stored revision is still old.revision.
 
-        False when another writer got there first: nothing is written then.
+        False when another writer got there first: the unit of work must then not be
+        committed (what this call may have written is undone with it).
         """
         ...
 
@@ -165,7 +166,12 @@ class UnitOfWorkFactory(Protocol):
     it, the unit of work ends with DeadlineExceededError and nothing written.
     """
 
-    def __call__(self, *, for_write: bool, deadline: float | None = None) -> UnitOfWork: ...
+    def __call__(
+        self, *, for_write: bool, deadline: float | None = None, one_statement: bool = False
+    ) -> UnitOfWork:
+        """one_statement: a reader that makes one statement (GetImage), which is its own
+        snapshot: PostgreSQL runs it outside a transaction, in one round trip."""
+        ...
 
 
 class DeadlineExceededError(Exception):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime
 import json
 import operator
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from psycopg import IsolationLevel
@@ -71,12 +71,16 @@ class Driver:
         """Every row of each statement, run in order (in one round trip where it can)."""
         return [self.rows(statement, values) for statement, values in statements]
 
-    def run_many(self, statement: Sql, rows: Iterable[Sequence[Any]]) -> None:
-        """Run statement once per row of parameters."""
-        try:
-            self.connection.cursor().executemany(self._sql(statement), rows)
-        except DRIVER_ERRORS as error:
-            raise unavailable(error) from error
+    def changes_of(self, statements: Statements) -> int:
+        """How many rows the first statement changed; the others run after it (in one
+        round trip where it can), or, here, only when it changed some. The caller must not
+        commit when it changed none: the others may have run."""
+        first, *rest = statements
+        changed = self.count(*first)
+        if changed:
+            for statement, values in rest:
+                self.count(statement, values)
+        return changed
 
     def _run(self, statement: Sql, parameters: Sequence[Any], take: Callable[[Any], Any]) -> Any:
         """What take reads off the cursor of statement; fetching may fail too (SQLite steps)."""
@@ -90,9 +94,14 @@ class Driver:
 
     # PostgreSQL's transactions (SQLite's are plain statements: the unit of work's).
 
+    def begin_autocommit(self) -> None:
+        """Run each statement on its own, outside a transaction."""
+        self.connection.autocommit = True
+
     def begin(self, isolation: IsolationLevel | None, settings: str, values: Sequence[Any]) -> None:
         """Begin a transaction at isolation (None: the server's default, READ COMMITTED)
         with settings, a statement that SET LOCALs (empty: none)."""
+        self.connection.autocommit = False
         self.connection.isolation_level = isolation
         if settings:  # SET LOCAL, in one round trip; it begins the transaction
             self.connection.execute(settings, values)
@@ -179,16 +188,19 @@ class LoopDriver(Driver):
         except DRIVER_ERRORS as error:
             raise unavailable(error) from error
 
-    def run_many(self, statement: Sql, rows: Iterable[Sequence[Any]]) -> None:
+    def changes_of(self, statements: Statements) -> int:
         try:
-            if self._prelude:
-                await_only(self._pipelined([]))
-            await_only(self.connection.cursor().executemany(statement.postgresql, rows))
+            cursors = await_only(self._pipelined(statements))
+            return int(cursors[0].rowcount)
         except DRIVER_ERRORS as error:
             raise unavailable(error) from error
 
+    def begin_autocommit(self) -> None:
+        await_only(self.connection.set_autocommit(True))  # no round trip
+
     def begin(self, isolation: IsolationLevel | None, settings: str, values: Sequence[Any]) -> None:
-        await_only(self.connection.set_isolation_level(isolation))  # no round trip
+        await_only(self.connection.set_autocommit(False))  # no round trip
+        await_only(self.connection.set_isolation_level(isolation))
         self._prelude = [(Sql(settings.replace("%s", "?")), values)] if settings else []
 
     def commit(self) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 from imageloc.server.domain.access import ListScope
 from imageloc.server.domain.model import GONE_STATUSES, Image, ImageStatus, Location, Visibility
 from imageloc.server.domain.ports import ListCursor
-from imageloc.server.store.driver import Driver, Sql
+from imageloc.server.store.driver import Driver, Sql, Statements
 
 #: The images table's columns, in the order every statement and codec here uses.
 COLUMN_NAMES = (
@@ -106,7 +106,8 @@ class SqlImageRepository:
         """Insert a new image and its locations; False when the id is taken."""
         if self._driver.count(_INSERT_IMAGE, self._values(image)) != 1:
             return False
-        self._insert_locations(image.id, image.locations)
+        for statement, values in self._location_inserts(image.id, image.locations):
+            self._driver.count(statement, values)
         return True
 
     def save(self, old: Image, new: Image) -> bool:
@@ -117,12 +118,13 @@ class SqlImageRepository:
         changed = [i for i in range(1, len(news)) if news[i] != olds[i] or i == _REVISION]
         statement = _update_of(tuple(COLUMN_NAMES[i] for i in changed))
         values = [news[i] for i in changed]
-        if self._driver.count(statement, (*values, old.id, old.revision)) != 1:
-            return False
+        statements: Statements = [(statement, (*values, old.id, old.revision))]
         if new.locations != old.locations:
-            self._driver.count(_DELETE_LOCATIONS, (new.id,))
-            self._insert_locations(new.id, new.locations)
-        return True
+            statements.append((_DELETE_LOCATIONS, (new.id,)))
+            statements += self._location_inserts(new.id, new.locations)
+        # In one round trip where the driver can: the location statements go with the
+        # update, and are rolled back with it when it changed nothing.
+        return self._driver.changes_of(statements) == 1
 
     def list(
         self,
@@ -171,14 +173,12 @@ class SqlImageRepository:
                 grouped[image_id].append(self._location(row[_URL], row[_METADATA]))
         return [self._image(row, tuple(grouped[image_id])) for image_id, row in firsts.items()]
 
-    def _insert_locations(self, image_id: str, locations: Iterable[Location]) -> None:
+    def _location_inserts(self, image_id: str, locations: Iterable[Location]) -> Statements:
         json_in = self._driver.json_in
-        rows = [
-            (image_id, position, location.url, json_in(plain_json(location.metadata)))
-            for position, location in enumerate(locations)
+        return [
+            (_INSERT_LOCATION, (image_id, position, url, json_in(plain_json(metadata))))
+            for position, (url, metadata) in enumerate((x.url, x.metadata) for x in locations)
         ]
-        if rows:
-            self._driver.run_many(_INSERT_LOCATION, rows)
 
     def _values(self, image: Image) -> Sequence[Any]:
         """image's columns, in COLUMN_NAMES order, as the table stores them."""

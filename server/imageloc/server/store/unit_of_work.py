@@ -74,9 +74,11 @@ class SqlUnitOfWork:
         deadline: float | None = None,
         loop_connections: LoopConnections | None = None,
         on_lost: Callable[[], None] | None = None,
+        one_statement: bool = False,
     ) -> None:
         self._engine = engine
         self._on_lost = on_lost
+        self._one_statement = one_statement and not for_write
         self._postgresql = engine.dialect.name == "postgresql"
         self._for_write = for_write
         self._deadline = deadline
@@ -125,6 +127,12 @@ class SqlUnitOfWork:
         """Begin the transaction; wait_ms bounds its every wait for a lock (see _wait_ms)."""
         connection = driver.connection
         if self._postgresql:
+            if self._one_statement:
+                # One statement is its own snapshot: no BEGIN, no end, one round trip. The
+                # deadline holds without SET LOCAL: the call is cancelled at it, and a
+                # connection left mid-statement is discarded (_release).
+                driver.begin_autocommit()
+                return
             isolation = None if self._for_write else _REPEATABLE_READ
             if wait_ms is None:
                 driver.begin(isolation, "", ())
@@ -262,7 +270,9 @@ class SqlStore:
         """SQLite: the embedded default, which migrates itself on start."""
         return self.engine.dialect.name == "sqlite"
 
-    def unit_of_work(self, *, for_write: bool, deadline: float | None = None) -> SqlUnitOfWork:
+    def unit_of_work(
+        self, *, for_write: bool, deadline: float | None = None, one_statement: bool = False
+    ) -> SqlUnitOfWork:
         """A new unit of work; pass `store.unit_of_work` where a UnitOfWorkFactory is wanted."""
         if self._loop_engine is not None:
             return SqlUnitOfWork(
@@ -270,6 +280,7 @@ class SqlStore:
                 for_write=for_write,
                 deadline=deadline,
                 on_lost=self._loop_engine.suspect,
+                one_statement=one_statement,
             )
         return SqlUnitOfWork(
             self.engine,
