@@ -4,7 +4,6 @@ import assert from "node:assert/strict";
 import { type ChildProcess, spawn } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
-import net from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
@@ -13,36 +12,12 @@ import { type Client, Code, ConnectError, type Interceptor, createClient } from 
 import { Http2SessionManager } from "@connectrpc/connect-node";
 import { BalancedTransport, EJECT_MS } from "../src/balancing.js";
 import { ImageClient, ImageService, KEEPALIVE, ServiceConfig, serviceConfigInterceptor } from "../src/index.js";
+import { freePort, waitForPort } from "./ports.js";
 
 const REPO_ROOT = fileURLToPath(new URL("../../../", import.meta.url));
 const SERVER_BIN = path.join(REPO_ROOT, ".venv", "bin", "imageloc");
 const CALLS = 40;
 const TEST_TIMEOUT_MS = 60_000;
-
-/** A port on 127.0.0.1 that was free a moment ago. */
-async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
-
-/** Resolves once 127.0.0.1:port accepts a connection; rejects if proc exits first or after 30 s. */
-async function waitForPort(port: number, proc: ChildProcess, log: () => string): Promise<void> {
-  const deadline = Date.now() + 30_000;
-  while (Date.now() < deadline) {
-    if (proc.exitCode !== null) throw new Error(`imageloc serve exited ${proc.exitCode}:\n${log()}`);
-    const open = await new Promise<boolean>((resolve) => {
-      const sock = net.connect(port, "127.0.0.1", () => resolve(true)).on("error", () => resolve(false));
-      sock.unref();
-      sock.once("connect", () => sock.destroy());
-    });
-    if (open) return;
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
-  throw new Error(`imageloc serve did not listen on ${port}:\n${log()}`);
-}
 
 /** One `imageloc serve` on the shared database, with an audit log of its own. */
 class Replica {

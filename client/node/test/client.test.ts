@@ -11,36 +11,12 @@ import { fileURLToPath } from "node:url";
 import { Code, type Interceptor } from "@connectrpc/connect";
 import { PreconditionFailureSchema } from "../../../generated/ts/google/rpc/error_details_pb.js";
 import { ImageClient, ImageEventType, ImageService, ImageStatus, ImagelocError, ServiceConfig } from "../src/index.js";
+import { freePort, waitForPort } from "./ports.js";
 
 const REPO_ROOT = fileURLToPath(new URL("../../../", import.meta.url));
 const SERVER_BIN = path.join(REPO_ROOT, ".venv", "bin", "imageloc");
 const URL_A = "https://store.example/a.img";
 const URL_B = "rbd://fsid/pool/b/snap";
-
-/** A port on 127.0.0.1 that was free a moment ago. */
-async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
-
-/** Resolves once 127.0.0.1:port accepts a connection; rejects if proc exits first or after 30 s. */
-async function waitForPort(port: number, proc: ChildProcess, log: () => string): Promise<void> {
-  const deadline = Date.now() + 30_000;
-  while (Date.now() < deadline) {
-    if (proc.exitCode !== null) throw new Error(`imageloc serve exited ${proc.exitCode}:\n${log()}`);
-    const open = await new Promise<boolean>((resolve) => {
-      const sock = net.connect(port, "127.0.0.1", () => resolve(true)).on("error", () => resolve(false));
-      sock.unref();
-      sock.once("connect", () => sock.destroy());
-    });
-    if (open) return;
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
-  throw new Error(`imageloc serve did not listen on ${port}:\n${log()}`);
-}
 
 /** Runs fn, which must throw an ImagelocError, and returns it. */
 async function refusal(fn: () => Promise<unknown>): Promise<ImagelocError> {
