@@ -94,7 +94,6 @@ class Server:
     admission: Admission
     maintenance: Maintenance
     loop: LoopThread
-    calls: StoreCalls
     feed: ChangeFeed
 
     def start(self) -> None:
@@ -124,7 +123,6 @@ class Server:
             time.sleep(max(0.0, min(drain, deadline - time.monotonic())))
             self.loop.run(self._drain(deadline))
         self.loop.run(self.feed.stop())
-        self.calls.close()
         self.loop.run(self.store.close_loop_connections())
         self.store.dispose()
         self.loop.close()
@@ -191,7 +189,6 @@ def build_server(settings: Settings) -> Server:
         )
     except BaseException:
         loop.close()
-        calls.close()
         store.dispose()
         raise
     maintenance = Maintenance(
@@ -212,7 +209,6 @@ def build_server(settings: Settings) -> Server:
         admission=admission,
         maintenance=maintenance,
         loop=loop,
-        calls=calls,
         feed=feed,
     )
 
@@ -228,7 +224,7 @@ async def _grpc_server(
     admission = Admission()
 
     async def read_changes(after: int, limit: int) -> tuple[Any, Any]:
-        return await calls.run_apart(lambda: servicer.service.changes_after(after, limit))
+        return await calls.run(lambda: servicer.service.changes_after(after, limit))
 
     embedded = is_embedded(settings.database_url)
     feed = ChangeFeed(

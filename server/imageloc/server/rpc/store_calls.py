@@ -29,14 +29,6 @@ class StoreCalls(Protocol):
         """call's result (or its exception), without blocking the event loop for long."""
         ...
 
-    async def run_apart(self, call: Callable[[], T]) -> T:
-        """As run, but never queued behind the calls' work (the change feed's reads)."""
-        ...
-
-    def close(self) -> None:
-        """Release threads; calls still running are abandoned."""
-        ...
-
 
 class InlineCalls:
     """Runs each call on the event loop; a StoreBusyError is tried again after a pause.
@@ -72,13 +64,6 @@ class InlineCalls:
             await asyncio.sleep(pause)
             pause = min(pause * 2, MAX_RETRY_SECONDS)
 
-    async def run_apart(self, call: Callable[[], T]) -> T:
-        """As run: inline calls do not queue."""
-        return await self.run(call)
-
-    def close(self) -> None:
-        pass
-
 
 class LoopCalls:
     """Runs each call in a greenlet on the event loop; its statements await there.
@@ -91,10 +76,3 @@ class LoopCalls:
     async def run(self, call: Callable[[], T]) -> T:
         result: T = await greenlet_spawn(call)
         return result
-
-    async def run_apart(self, call: Callable[[], T]) -> T:
-        """As run: nothing queues on the loop."""
-        return await self.run(call)
-
-    def close(self) -> None:
-        pass

@@ -8,8 +8,8 @@ from __future__ import annotations
 import datetime
 import json
 import operator
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 from psycopg import IsolationLevel
 from psycopg.types.json import Json
@@ -20,6 +20,8 @@ from imageloc.server.store.engine import DRIVER_ERRORS, unavailable
 _ALL = operator.methodcaller("fetchall")
 _FIRST = operator.methodcaller("fetchone")
 _ROWCOUNT = operator.attrgetter("rowcount")
+
+T = TypeVar("T")
 
 
 class Sql:
@@ -98,13 +100,15 @@ class Driver:
         """Run each statement on its own, outside a transaction."""
         self.connection.autocommit = True
 
-    def begin(self, isolation: IsolationLevel | None, settings: str, values: Sequence[Any]) -> None:
+    def begin(
+        self, isolation: IsolationLevel | None, settings: tuple[Sql, Sequence[Any]] | None = None
+    ) -> None:
         """Begin a transaction at isolation (None: the server's default, READ COMMITTED)
-        with settings, a statement that SET LOCALs (empty: none)."""
+        with settings, a statement that SET LOCALs, and its parameters (None: none)."""
         self.connection.autocommit = False
         self.connection.isolation_level = isolation
-        if settings:  # SET LOCAL, in one round trip; it begins the transaction
-            self.connection.execute(settings, values)
+        if settings is not None:  # SET LOCAL, in one round trip; it begins the transaction
+            self.count(*settings)
 
     def commit(self) -> None:
         """COMMIT."""
@@ -170,38 +174,29 @@ class LoopDriver(Driver):
         self._prelude: Statements = []
 
     def _run(self, statement: Sql, parameters: Sequence[Any], take: Callable[[Any], Any]) -> Any:
-        try:
-            if self._prelude:
-                (cursor,) = await_only(self._pipelined([(statement, parameters)]))
-            else:
-                cursor = await_only(self.connection.execute(statement.postgresql, parameters))
-            if take is _ROWCOUNT:
-                return cursor.rowcount
-            return await_only(take(cursor))
-        except DRIVER_ERRORS as error:
-            raise unavailable(error) from error
+        if self._prelude:
+            (cursor,) = _awaited(self._pipelined([(statement, parameters)]))
+        else:
+            cursor = _awaited(self.connection.execute(statement.postgresql, parameters))
+        return cursor.rowcount if take is _ROWCOUNT else _awaited(take(cursor))
 
     def rows_of(self, statements: Statements) -> list[list[Any]]:
-        try:
-            cursors = await_only(self._pipelined(statements))
-            return [await_only(cursor.fetchall()) for cursor in cursors]
-        except DRIVER_ERRORS as error:
-            raise unavailable(error) from error
+        cursors = _awaited(self._pipelined(statements))
+        return [_awaited(cursor.fetchall()) for cursor in cursors]
 
     def changes_of(self, statements: Statements) -> int:
-        try:
-            cursors = await_only(self._pipelined(statements))
-            return int(cursors[0].rowcount)
-        except DRIVER_ERRORS as error:
-            raise unavailable(error) from error
+        (first, *_) = _awaited(self._pipelined(statements))
+        return int(first.rowcount)
 
     def begin_autocommit(self) -> None:
         await_only(self.connection.set_autocommit(True))  # no round trip
 
-    def begin(self, isolation: IsolationLevel | None, settings: str, values: Sequence[Any]) -> None:
+    def begin(
+        self, isolation: IsolationLevel | None, settings: tuple[Sql, Sequence[Any]] | None = None
+    ) -> None:
         await_only(self.connection.set_autocommit(False))  # no round trip
         await_only(self.connection.set_isolation_level(isolation))
-        self._prelude = [(Sql(settings.replace("%s", "?")), values)] if settings else []
+        self._prelude = [] if settings is None else [settings]
 
     def commit(self) -> None:
         self._prelude = []  # nothing ran: no transaction began
@@ -212,11 +207,8 @@ class LoopDriver(Driver):
         await_only(self.connection.rollback())
 
     def run_then_commit(self, statements: Statements) -> Any:
-        try:
-            (first, *_) = await_only(self._pipelined(statements, commit=True))
-            return await_only(first.fetchone())
-        except DRIVER_ERRORS as error:
-            raise unavailable(error) from error
+        (first, *_) = _awaited(self._pipelined(statements, commit=True))
+        return _awaited(first.fetchone())
 
     async def _pipelined(self, statements: Statements, *, commit: bool = False) -> list[Any]:
         """The cursors of the prelude's and statements' results, sent in one round trip
@@ -230,3 +222,12 @@ class LoopDriver(Driver):
             if commit:
                 await connection.commit()
         return cursors
+
+
+def _awaited(awaitable: Awaitable[T]) -> T:
+    """awaitable's result, awaited on the loop from the greenlet (await_only); a driver's
+    failure as StoreUnavailableError, as Driver's statements raise it."""
+    try:
+        return await_only(awaitable)
+    except DRIVER_ERRORS as error:
+        raise unavailable(error) from error

@@ -29,7 +29,8 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 CONNECT_TIMEOUT_SECONDS = 3
 POOL_TIMEOUT_SECONDS = 5
 
-#: Enough pooled connections for the server's worker threads, each holding one per call.
+#: SQLite's pooled connections, and PostgreSQL's outside the event loop (housekeeping, the
+#: health check, the CLI, tests); the loop's own are LoopEngine's.
 _POOL_SIZE: dict[str, Any] = {"pool_size": 10, "max_overflow": 10}
 
 

@@ -25,7 +25,7 @@ from imageloc.server.domain.ports import (
 )
 from imageloc.server.store import schema
 from imageloc.server.store.change_log import SqlChangeLog
-from imageloc.server.store.driver import Driver, LoopDriver
+from imageloc.server.store.driver import Driver, LoopDriver, Sql
 from imageloc.server.store.engine import (
     SQLITE_BUSY_TIMEOUT_MS,
     LoopEngine,
@@ -42,8 +42,8 @@ from imageloc.server.store.request_log import SqlRequestLog
 _DEADLINE_SLACK = 0.05
 
 _REPEATABLE_READ = IsolationLevel.REPEATABLE_READ
-_SET_LOCAL_TIMEOUTS = (
-    "SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)"
+_SET_LOCAL_TIMEOUTS = Sql(
+    "SELECT set_config('lock_timeout', ?, true), set_config('statement_timeout', ?, true)"
 )
 
 #: The longest wait either database accepts (a 32-bit count of milliseconds).
@@ -135,9 +135,9 @@ class SqlUnitOfWork:
                 return
             isolation = None if self._for_write else _REPEATABLE_READ
             if wait_ms is None:
-                driver.begin(isolation, "", ())
+                driver.begin(isolation)
             else:
-                driver.begin(isolation, _SET_LOCAL_TIMEOUTS, (str(wait_ms), str(wait_ms)))
+                driver.begin(isolation, (_SET_LOCAL_TIMEOUTS, (str(wait_ms), str(wait_ms))))
             return
         busy_ms = SQLITE_BUSY_TIMEOUT_MS if wait_ms is None else wait_ms
         connection.execute(f"PRAGMA busy_timeout = {int(busy_ms)}")
