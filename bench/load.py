@@ -114,7 +114,7 @@ class TimedStub:
 
 async def run(
     *, target: str, workload: str, concurrency: int, seconds: float, channels: int,
-    image_ids: list[str], token: str = "",
+    image_ids: list[str], token: str = "", rate: float = 0.0,
 ) -> dict[str, Any]:  # fmt: skip
     opened = [
         grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
@@ -127,14 +127,24 @@ async def run(
     ]
     errors: Counter[str] = Counter()
     operations = 0
-    stop_at = time.monotonic() + seconds
+    began = time.monotonic()
+    stop_at = began + seconds
+    # Paced (rate > 0): the workers start operations at rate per second in all, evenly
+    # spaced, whether or not earlier ones are done; otherwise each starts its next at once.
+    interval = concurrency / rate if rate > 0 else 0.0
 
     async def worker(index: int) -> None:
         nonlocal operations
         rng = random.Random(index)
         stub: Any = stubs[index % len(stubs)]
         call = workloads(image_ids[index::concurrency] or image_ids)[workload]
+        next_at = began + index * interval / concurrency
         while time.monotonic() < stop_at:
+            if interval:
+                await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+                next_at += interval
+                if time.monotonic() >= stop_at:
+                    break
             try:
                 await call(stub, rng)
             except grpc.aio.AioRpcError as error:
@@ -142,7 +152,6 @@ async def run(
                 continue
             operations += 1
 
-    began = time.monotonic()
     await asyncio.gather(*(worker(i) for i in range(concurrency)))
     elapsed = time.monotonic() - began
     for channel in opened:
@@ -174,6 +183,9 @@ def main() -> None:
     parser.add_argument("--channels", type=int, default=4)
     parser.add_argument("--image-ids", required=True, help="a file with one image id per line")
     parser.add_argument("--token-file", help="a file holding the bearer token every call sends")
+    parser.add_argument(
+        "--rate", type=float, default=0.0, help="operations per second in all (0: unpaced)"
+    )
     args = parser.parse_args()
     token = pathlib.Path(args.token_file).read_text().strip() if args.token_file else ""
     with open(args.image_ids) as ids:
@@ -182,6 +194,7 @@ def main() -> None:
         run(
             target=args.target, workload=args.workload, concurrency=args.concurrency,
             seconds=args.seconds, channels=args.channels, image_ids=image_ids, token=token,
+            rate=args.rate,
         )
     )  # fmt: skip
     print(json.dumps(result))

@@ -57,10 +57,11 @@ def processes(commands: list[list[str]], env: dict[str, str]) -> Iterator[list[i
 
 def load(
     target: str, workload: str, args: argparse.Namespace, ids_file: str, token_file: str = "",
-    *, channels: int | None = None,
+    *, channels: int | None = None, rate: float = 0.0,
 ) -> dict[str, Any]:  # fmt: skip
     """Run the load generator in its own process (over channels connections, by default
-    the last --channels) and return its figures."""
+    the last --channels; rate > 0: paced at rate operations per second) and return its
+    figures."""
     command = [
         sys.executable, str(HERE / "load.py"), "--target", target, "--workload", workload,
         "--concurrency", str(args.concurrency), "--seconds", str(args.seconds),
@@ -68,6 +69,8 @@ def load(
     ]  # fmt: skip
     if token_file:
         command += ["--token-file", token_file]
+    if rate:
+        command += ["--rate", str(rate)]
     done = subprocess.run(
         command, capture_output=True, text=True, check=True, timeout=args.seconds + 60
     )
@@ -240,7 +243,8 @@ WATCHED_WORKLOAD = "AddLocation+RemoveLocation"
 
 def measure_watchers(args: argparse.Namespace, server: Started) -> dict[str, Any]:
     """The location writes alone and with --watchers streams open on every change, in
-    alternating rounds; then the server's RSS with 1,000 idle streams."""
+    alternating rounds; the latency again with the writes paced at --watch-rate; then
+    the server's RSS with 1,000 idle streams."""
     alone: list[dict[str, Any]] = []
     beside: list[dict[str, Any]] = []
     watching: list[dict[str, Any]] = []
@@ -254,6 +258,13 @@ def measure_watchers(args: argparse.Namespace, server: Started) -> dict[str, Any
             beside.append(load(server.target, WATCHED_WORKLOAD, args, server.ids_file))
             cpu["beside"] += cpu_seconds(server.pids) - used
         watching.append(done())
+    # The latency of a server that keeps up: with the writes as fast as they go, an event
+    # waits behind the calls queued at the server, as every call there does.
+    with watchers(server.target, args.watchers, seconds=args.seconds + 2) as done:
+        paced_load = load(
+            server.target, WATCHED_WORKLOAD, args, server.ids_file, rate=args.watch_rate / 2
+        )
+    paced = done()
     rss_before = [rss_mib(pid) for pid in server.pids]
     with watchers(server.target, IDLE_STREAMS, seconds=3, idle=True) as idle:
         time.sleep(1)
@@ -270,6 +281,9 @@ def measure_watchers(args: argparse.Namespace, server: Started) -> dict[str, Any
         "events_per_s": sum(w["events_per_s"] for w in watching) / len(watching),
         "p50_ms": sum(w["p50_ms"] for w in watching) / len(watching),
         "p99_ms": max(w["p99_ms"] for w in watching),
+        "paced": paced,
+        "paced_writes_per_s": paced_load["calls_per_s"],
+        "paced_load_errors": sum(paced_load["errors"].values()),
         "errors": sum(sum(w["errors"].values()) for w in [*watching, idle_result]),
         "idle_open": idle_result["watchers"] - sum(idle_result["errors"].values()),
         "rss_before": rss_before,
@@ -329,10 +343,17 @@ def report_watchers(args: argparse.Namespace, watched: dict[str, Any]) -> int:
         f"| commit-to-event latency p50 / p99 | {watched['p50_ms']:.1f} / "
         f"{watched['p99_ms']:.1f} ms |"
     )
+    paced = watched["paced"]
+    print(
+        f"| commit-to-event latency p50 / p99, writes paced at {args.watch_rate:,.0f}/s"
+        f" ({watched['paced_writes_per_s']:,.0f}/s done) | {paced['p50_ms']:.1f} /"
+        f" {paced['p99_ms']:.1f} ms |"
+    )
     before = ", ".join(f"{r:.0f}" for r in watched["rss_before"] if r is not None)
     idle = ", ".join(f"{r:.0f}" for r in watched["rss_idle"] if r is not None)
     print(f"| server RSS, {watched['idle_open']:,} idle streams open | {before} -> {idle} MiB |")
     errors = int(watched["errors"]) + int(sum(beside["errors"].values()))
+    errors += int(sum(paced["errors"].values())) + int(watched["paced_load_errors"])
     print(f"| errors | {errors} |")
     return errors
 
@@ -585,6 +606,12 @@ def main() -> int:
         type=int,
         default=100,
         help="WatchImages streams beside the location writes (0: no watch figures)",
+    )
+    parser.add_argument(
+        "--watch-rate",
+        type=float,
+        default=100.0,
+        help="location writes per second of the paced round, whose latency is printed apart",
     )
     parser.add_argument(
         "--rounds",

@@ -1,8 +1,8 @@
 """The watchers: N WatchImages streams on a grpc.aio client, for a bounded time.
 
 Run by bench/run.py as a separate process beside the load generator; prints one JSON
-object on stdout: events received, events/s, commit-to-event latency (p50, p99, of each
-response's oldest event) and errors.
+object on stdout: events received, events/s, responses with events/s, commit-to-event
+latency (p50, p99, of each response's oldest event) and errors.
 `--idle` opens the streams on ids that never change and only holds them (memory).
 Imports only grpc and the generated stubs.
 """
@@ -29,12 +29,13 @@ async def run(
     opened = [grpc.aio.insecure_channel(target) for _ in range(channels)]
     latencies: list[float] = []
     delivered = 0
+    responses = 0
     errors: Counter[str] = Counter()
     ready = asyncio.Event()
     open_count = 0
 
     async def watch(index: int) -> None:
-        nonlocal open_count, delivered
+        nonlocal open_count, delivered, responses
         stub = pb_grpc.ImageServiceStub(opened[index % channels])
         ids = [str(uuid.uuid4())] if idle else []
         call = stub.WatchImages(pb.WatchImagesRequest(image_ids=ids))
@@ -49,6 +50,7 @@ async def run(
                     # the response (timing every event would cost this process more than
                     # the server spends sending them).
                     delivered += len(response.events)
+                    responses += 1
                     commit = response.events[0].commit_time.ToNanoseconds() / 1e9
                     latencies.append(time.time() - commit)
         except grpc.aio.AioRpcError as error:
@@ -78,6 +80,7 @@ async def run(
         "watchers": watchers,
         "events": delivered,
         "events_per_s": delivered / seconds,
+        "responses_per_s": responses / seconds,
         "p50_ms": percentile(0.50),
         "p99_ms": percentile(0.99),
         "errors": dict(errors),

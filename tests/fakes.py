@@ -82,8 +82,9 @@ class InMemoryChanges:
     def head(self) -> StoreHead:
         return StoreHead(revision=self.revision, compact_revision=0)
 
-    def after(self, revision: int, *, limit: int) -> Sequence[Change]:
-        return [change for change in self.changes if change.revision > revision][:limit]
+    def after(self, revision: int, *, limit: int) -> tuple[Sequence[Change], StoreHead]:
+        found = [change for change in self.changes if change.revision > revision][:limit]
+        return found, self.head()
 
 
 class InMemoryStore:

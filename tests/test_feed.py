@@ -107,3 +107,50 @@ def test_a_live_stream_that_falls_out_of_the_ring_is_too_slow(
         await feed.stop()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("busy", [False, True])
+def test_the_batch_window_grows_only_while_the_loop_is_busy(busy: bool) -> None:
+    # A busy loop (its selector never idle) with 100 streams waiting: the feed reads, and
+    # its streams respond, at most once every 80 ms. A loop with time to spare: every 10 ms.
+    async def scenario() -> int:
+        log = Log()
+        reads = 0
+
+        async def read(after: int, limit: int) -> tuple[Sequence[Change], StoreHead]:
+            nonlocal reads
+            reads += 1
+            return await log.read(after, limit)
+
+        clock = asyncio.get_running_loop().time
+        started = clock()
+
+        def loop_idle() -> float:  # never waiting, or always
+            return 0.0 if busy else clock() - started
+
+        feed = ChangeFeed(read, poll_seconds=1.0, batch_seconds=0.01, loop_idle=loop_idle)
+        feed.start()
+        await feed.ready()
+        waiting = [asyncio.ensure_future(_follow(feed)) for _ in range(100)]
+        reads = 0
+        for _ in range(100):  # a change every 5 ms for half a second
+            log.commit()
+            feed.wake()
+            await asyncio.sleep(0.005)
+        counted = reads
+        for task in waiting:
+            task.cancel()
+        await feed.stop()
+        return counted
+
+    reads = asyncio.run(scenario())
+    if busy:
+        assert reads <= 12  # 0.5 s / 80 ms, and the first read at once
+    else:
+        assert reads >= 20  # about 0.5 s / (10 ms + a read)
+
+
+async def _follow(feed: ChangeFeed) -> None:
+    """A stream that only waits for the head to move, again and again."""
+    while True:
+        await feed.changed()

@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from types import FrameType
 from typing import Any, NoReturn
 
@@ -185,6 +186,7 @@ def build_server(settings: Settings) -> Server:
                 ImageServicer(service, security.authority, security.audit),
                 calls,
                 security.credentials,
+                loop.idle_seconds,
             )
         )
     except BaseException:
@@ -218,8 +220,10 @@ async def _grpc_server(
     servicer: ImageServicer,
     calls: StoreCalls,
     credentials: grpc.ServerCredentials | None,
+    loop_idle: Callable[[], float],
 ) -> tuple[grpc.aio.Server, DrainingHealth, Admission, int, ChangeFeed]:
-    """The grpc.aio server, built on the loop that will run it; TLS with credentials."""
+    """The grpc.aio server, built on the loop that will run it (loop_idle: how long that
+    loop has waited for work, all told); TLS with credentials."""
     server = grpc.aio.server(options=SERVER_OPTIONS)
     admission = Admission()
 
@@ -234,6 +238,7 @@ async def _grpc_server(
         # Idle streams look at the clock four times a progress interval.
         tick_seconds=settings.watch_progress_seconds / 4,
         wakeups=None if embedded else functools.partial(wake_on_notify, settings.database_url),
+        loop_idle=loop_idle,
     )
     watch = watch_handler(
         servicer, feed, read_changes, admission, progress_seconds=settings.watch_progress_seconds

@@ -7,7 +7,9 @@ start and stop it like any object. Standard library only.
 from __future__ import annotations
 
 import asyncio
+import selectors
 import threading
+import time
 from collections.abc import Coroutine
 from concurrent import futures
 from typing import Any, TypeVar
@@ -15,13 +17,32 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
+class _IdleTimedSelector(selectors.DefaultSelector):
+    """The platform's selector, counting the time the loop spends waiting in it."""
+
+    idle_seconds = 0.0
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        started = time.monotonic()
+        try:
+            return super().select(timeout)
+        finally:
+            self.idle_seconds += time.monotonic() - started
+
+
 class LoopThread:
     """A running event loop on a daemon thread until close()."""
 
     def __init__(self, name: str) -> None:
-        self._loop = asyncio.new_event_loop()
+        self._selector = _IdleTimedSelector()
+        self._loop = asyncio.SelectorEventLoop(self._selector)
         self._thread = threading.Thread(target=self._loop.run_forever, name=name, daemon=True)
         self._thread.start()
+
+    def idle_seconds(self) -> float:
+        """How long the loop has waited for something to do, all told: the rest of its
+        time it was busy (the change feed batches more while the loop is busy)."""
+        return self._selector.idle_seconds
 
     def run(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run coroutine on the loop and wait for its result."""

@@ -168,8 +168,8 @@ class ImageService:
 
         Not filtered by the caller's access: the change feed asks it per change.
         """
-        with self._uow(for_write=False, deadline=self._deadline) as uow:
-            return uow.changes.after(revision, limit=limit), uow.changes.head()
+        with self._uow(for_write=False, deadline=self._deadline, one_statement=True) as uow:
+            return uow.changes.after(revision, limit=limit)
 
     # Creation and deletion
 

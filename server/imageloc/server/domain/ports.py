@@ -111,8 +111,9 @@ class ChangeLog(Protocol):
         """The newest committed revision and the compact revision, as this transaction sees."""
         ...
 
-    def after(self, revision: int, *, limit: int) -> Sequence[Change]:
-        """Up to limit changes with revisions above revision, in revision order."""
+    def after(self, revision: int, *, limit: int) -> tuple[Sequence[Change], StoreHead]:
+        """Up to limit changes with revisions above revision, in revision order, and the
+        head, read together (one statement: one snapshot, also outside a transaction)."""
         ...
 
 
@@ -169,7 +170,7 @@ class UnitOfWorkFactory(Protocol):
     def __call__(
         self, *, for_write: bool, deadline: float | None = None, one_statement: bool = False
     ) -> UnitOfWork:
-        """one_statement: a reader that makes one statement (GetImage), which is its own
+        """one_statement: a reader that makes one statement (GetImage, the change feed), its own
         snapshot: PostgreSQL runs it outside a transaction, in one round trip."""
         ...
 

@@ -27,11 +27,8 @@ _TAKEN = "(SELECT revision FROM store_state WHERE id = 1)"
 
 def _stamped(json: str) -> Sql:
     """The encoded image json (a parameter or a column) with its store_revision set to
-    the revision taken."""
-    return Sql(
-        f"json_set({json}, '$.store_revision', {_TAKEN})",
-        postgresql=f"jsonb_set(CAST({json} AS jsonb), '{{store_revision}}', to_jsonb({_TAKEN}))",
-    )
+    the revision taken (SQLite's statements; PostgreSQL's are _COMMIT_IN_ONE)."""
+    return Sql(f"json_set({json}, '$.store_revision', {_TAKEN})")
 
 
 _STAMP_IMAGE = Sql(f"UPDATE images SET store_revision = {_TAKEN} WHERE id = ?")
@@ -43,14 +40,43 @@ _APPEND = _stamped("?").wrap(
     f" VALUES ({_TAKEN}, ?, ?, {{}}, ?)"
 )
 _HEAD = Sql("SELECT revision, compact_revision FROM store_state WHERE id = 1")
+# The head beside each change (or alone, with none): the changes and the head one snapshot.
 _AFTER = Sql(
-    "SELECT revision, type, image, commit_time FROM image_changes"
-    " WHERE revision > ? ORDER BY revision LIMIT ?"
+    "SELECT head.revision, head.compact_revision, log.revision, log.type, log.image,"
+    " log.commit_time FROM store_state AS head LEFT OUTER JOIN"
+    " (SELECT revision, type, image, commit_time FROM image_changes"
+    "  WHERE revision > ? ORDER BY revision LIMIT ?) AS log ON 1 = 1"
+    " WHERE head.id = 1 ORDER BY log.revision"
 )
 #: Delivered at COMMIT to every replica LISTENing (store/notifications.py): a wake-up only,
 #: never the data, which the feed reads from the log.
 CHANNEL = "imageloc_changes"
-_NOTIFY = Sql(f"SELECT pg_notify('{CHANNEL}', '')")
+
+
+def _commit_in_one(*, stamp_outcome: bool) -> Sql:
+    """PostgreSQL's commit_statements as one statement: a statement costs the driver more
+    than the database's work in it. The parts of one statement share its snapshot, so they
+    read the revision from `taken`, not from store_state; the lock is taken as before."""
+    stamp = "jsonb_set(CAST({} AS jsonb), '{{store_revision}}', to_jsonb(taken.revision))"
+    parts = [
+        "taken AS (UPDATE store_state SET revision = revision + 1 WHERE id = 1 RETURNING revision)",
+        "image AS (UPDATE images SET store_revision = taken.revision FROM taken"
+        " WHERE images.id = ?)",
+    ]
+    if stamp_outcome:
+        parts.append(
+            f"outcome AS (UPDATE request_log SET outcome = {stamp.format('outcome')}"
+            " FROM taken WHERE request_id = ?)"
+        )
+    parts.append(
+        "logged AS (INSERT INTO image_changes (revision, image_id, type, image, commit_time)"
+        f" SELECT taken.revision, ?, ?, {stamp.format('?')}, ? FROM taken)"
+    )
+    statement = f"WITH {', '.join(parts)} SELECT revision, pg_notify('{CHANNEL}', '') FROM taken"
+    return Sql(statement)
+
+
+_COMMIT_IN_ONE = {stamp: _commit_in_one(stamp_outcome=stamp) for stamp in (False, True)}
 _NEWEST_BEFORE = Sql("SELECT MAX(revision) FROM image_changes WHERE commit_time < ?")
 _PRUNE = Sql("DELETE FROM image_changes WHERE revision <= ?")
 _COMPACT = Sql("UPDATE store_state SET compact_revision = ? WHERE id = 1 AND compact_revision < ?")
@@ -68,15 +94,15 @@ class SqlChangeLog:
         the unit of work runs them right before COMMIT (UnitOfWork.commit_change)."""
         driver = self._driver
         image = change.image
+        encoded = driver.json_in(encode_image(image))
+        logged = (image.id, change.type.value, encoded, driver.time_in(change.commit_time))
+        if driver.postgresql:
+            stamped = (image.id,) if request_log_id is None else (image.id, request_log_id)
+            return [(_COMMIT_IN_ONE[request_log_id is not None], (*stamped, *logged))]
         statements: Statements = [(_NEXT_REVISION, ()), (_STAMP_IMAGE, (image.id,))]
         if request_log_id is not None:
             statements.append((_STAMP_OUTCOME, (request_log_id,)))
-        encoded = driver.json_in(encode_image(image))
-        statements.append(
-            (_APPEND, (image.id, change.type.value, encoded, driver.time_in(change.commit_time)))
-        )
-        if driver.postgresql:
-            statements.append((_NOTIFY, ()))
+        statements.append((_APPEND, logged))
         return statements
 
     def head(self) -> StoreHead:
@@ -85,18 +111,24 @@ class SqlChangeLog:
         assert row is not None, "store_state has no row: the schema is not migrated"
         return StoreHead(revision=int(row[0]), compact_revision=int(row[1]))
 
-    def after(self, revision: int, *, limit: int) -> Sequence[Change]:
-        """Up to limit changes above revision, in revision order."""
+    def after(self, revision: int, *, limit: int) -> tuple[Sequence[Change], StoreHead]:
+        """Up to limit changes above revision, in revision order, and the head, in one
+        statement."""
         driver = self._driver
-        return [
+        rows = driver.rows(_AFTER, (revision, limit))
+        assert rows, "store_state has no row: the schema is not migrated"
+        head = StoreHead(revision=int(rows[0][0]), compact_revision=int(rows[0][1]))
+        changes = [
             Change(
                 revision=int(number),
                 type=ChangeType(kind),
                 image=decode_image(driver.json_out(image)),
                 commit_time=driver.time_out(commit_time),
             )
-            for number, kind, image, commit_time in driver.rows(_AFTER, (revision, limit))
+            for _, _, number, kind, image, commit_time in rows
+            if number is not None
         ]
+        return changes, head
 
     def prune(self, *, before: datetime.datetime) -> int:
         """Forget the changes committed before `before`; the compact revision moves past them.

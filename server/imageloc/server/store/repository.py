@@ -6,7 +6,7 @@ tables in tables.py (the schema Alembic migrates); test_store runs them on both 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from imageloc.server.domain.access import ListScope
@@ -60,9 +60,25 @@ def _update_of(columns: tuple[str, ...]) -> Sql:
     return statement
 
 
-_INSERT_LOCATION = Sql(
-    "INSERT INTO image_locations (image_id, position, url, metadata) VALUES (?, ?, ?, ?)"
-)
+#: Rows per INSERT of locations: one statement for any list the API accepts but the
+#: longest, and well inside either database's limit on parameters.
+_LOCATIONS_PER_INSERT = 250
+_LOCATION_INSERTS: dict[int, Sql] = {}
+
+
+def _insert_locations(rows: int) -> Sql:
+    """INSERT of this many locations in one statement (built once): a statement costs the
+    driver more than a row does."""
+    statement = _LOCATION_INSERTS.get(rows)
+    if statement is None:
+        values = ", ".join("(?, ?, ?, ?)" for _ in range(rows))
+        statement = Sql(
+            f"INSERT INTO image_locations (image_id, position, url, metadata) VALUES {values}"
+        )
+        _LOCATION_INSERTS[rows] = statement
+    return statement
+
+
 _DELETE_LOCATIONS = Sql("DELETE FROM image_locations WHERE image_id = ?")
 _NOT_GONE = "status NOT IN ({})".format(
     ", ".join(f"'{status.value}'" for status in sorted(GONE_STATUSES))
@@ -173,12 +189,17 @@ class SqlImageRepository:
                 grouped[image_id].append(self._location(row[_URL], row[_METADATA]))
         return [self._image(row, tuple(grouped[image_id])) for image_id, row in firsts.items()]
 
-    def _location_inserts(self, image_id: str, locations: Iterable[Location]) -> Statements:
+    def _location_inserts(self, image_id: str, locations: Sequence[Location]) -> Statements:
+        """The INSERTs of locations, at their positions: one per _LOCATIONS_PER_INSERT."""
         json_in = self._driver.json_in
-        return [
-            (_INSERT_LOCATION, (image_id, position, url, json_in(plain_json(metadata))))
-            for position, (url, metadata) in enumerate((x.url, x.metadata) for x in locations)
-        ]
+        statements: Statements = []
+        for start in range(0, len(locations), _LOCATIONS_PER_INSERT):
+            chunk = locations[start : start + _LOCATIONS_PER_INSERT]
+            values: list[Any] = []
+            for position, location in enumerate(chunk, start):
+                values += (image_id, position, location.url, json_in(plain_json(location.metadata)))
+            statements.append((_insert_locations(len(chunk)), values))
+        return statements
 
     def _values(self, image: Image) -> Sequence[Any]:
         """image's columns, in COLUMN_NAMES order, as the table stores them."""
