@@ -279,6 +279,7 @@ def measure_watchers(args: argparse.Namespace, server: Started) -> dict[str, Any
         "beside": combined(beside),
         "cpu_us_per_write": {k: cpu[k] / max(calls[k], 1) * 1e6 for k in cpu},
         "events_per_s": sum(w["events_per_s"] for w in watching) / len(watching),
+        "responses_per_s": sum(w["responses_per_s"] for w in watching) / len(watching),
         "p50_ms": sum(w["p50_ms"] for w in watching) / len(watching),
         "p99_ms": max(w["p99_ms"] for w in watching),
         "paced": paced,
@@ -338,7 +339,10 @@ def report_watchers(args: argparse.Namespace, watched: dict[str, Any]) -> int:
         f"| server CPU per location write, without / with watchers | {per_write['alone']:.0f}"
         f" / {per_write['beside']:.0f} us (ratio {per_write['alone'] / per_write['beside']:.2f}) |"
     )
-    print(f"| events delivered/s (all watchers) | {watched['events_per_s']:,.0f} |")
+    print(
+        f"| events delivered/s (all watchers), in responses/s | {watched['events_per_s']:,.0f},"
+        f" in {watched['responses_per_s']:,.0f} |"
+    )
     print(
         f"| commit-to-event latency p50 / p99 | {watched['p50_ms']:.1f} / "
         f"{watched['p99_ms']:.1f} ms |"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import functools
 import json
 import pathlib
@@ -21,6 +22,8 @@ import pytest
 
 from imageloc.server.app import build_server
 from imageloc.server.config import Settings
+from imageloc.server.domain.model import Change, ChangeType, Visibility
+from imageloc.server.store import SqlStore
 from imageloc.v1 import image_service_pb2 as pb
 from imageloc.v1 import image_service_pb2_grpc as pb_grpc
 
@@ -602,3 +605,61 @@ def test_a_watcher_gets_only_the_changes_it_may_see_with_locations_hidden_as_get
     anonymous: Any = stubs["anonymous"].WatchImages(pb.WatchImagesRequest())
     refusal = refusal_of(lambda: next(anonymous))
     assert refusal.code == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_an_image_made_private_ends_its_events_for_a_watcher_that_may_no_longer_see_it(
+    database_url: str, tmp_path: pathlib.Path
+) -> None:
+    # No RPC changes visibility yet (UpdateImage will), so the change is committed the way
+    # a replica commits every change: through the store, with its change log entry.
+    with start_secured(database_url, tmp_path, watch_progress_seconds=0.5) as secured:
+        admin, member = secured.stub("admin"), secured.stub("member")
+        image = make_image(admin, "active", visibility=pb.IMAGE_VISIBILITY_PUBLIC, owner="p1")
+        streams: dict[str, Any] = {
+            persona: secured.stub(persona).WatchImages(
+                pb.WatchImagesRequest(start_revision=image.revision), timeout=30
+            )
+            for persona in ("stranger", "reader")
+        }
+        for stream in streams.values():
+            next(stream)  # open
+        seen = member.AddLocation(
+            pb.AddLocationRequest(image_id=image.id, location=location("s3://bucket/b.img"))
+        ).image
+        made_private = _make_private(database_url, image.id)
+        unseen = member.AddLocation(
+            pb.AddLocationRequest(image_id=image.id, location=location("s3://bucket/c.img"))
+        ).image
+        assert unseen.revision > made_private > seen.revision
+
+        def revisions_seen(persona: str) -> list[int]:
+            found: list[int] = []
+            for response in streams[persona]:
+                found += [event.revision for event in response.events]
+                if response.revision >= unseen.revision:
+                    return found
+            raise AssertionError(f"{persona}'s stream ended")
+
+        assert revisions_seen("reader") == [seen.revision, made_private, unseen.revision]
+        assert revisions_seen("stranger") == [seen.revision]
+        for stream in streams.values():
+            stream.cancel()
+
+
+def _make_private(database_url: str, image_id: str) -> int:
+    """Make the image private, as a write of any replica commits; its store revision."""
+    store = SqlStore(database_url)
+    try:
+        with store.unit_of_work(for_write=True) as uow:
+            current = uow.images.get(image_id)
+            assert current is not None
+            now = datetime.datetime.now(datetime.UTC)
+            revision = current.revision + 1
+            private = dataclasses.replace(
+                current, visibility=Visibility.PRIVATE, revision=revision, updated_at=now
+            )
+            assert uow.images.save(current, private)
+            change = Change(revision=0, type=ChangeType.UPDATED, image=private, commit_time=now)
+            return uow.commit_change(change, request_log_id=None)
+    finally:
+        store.dispose()
