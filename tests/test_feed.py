@@ -59,14 +59,20 @@ def test_the_feed_keeps_the_newest_changes_and_the_head() -> None:
         for _ in range(5):
             log.commit()
         feed = ChangeFeed(log.read, poll_seconds=0.001, batch_seconds=0)
-        feed.start()
-        await feed.ready()
-        assert feed.head.revision == 5
-        assert [c.revision for c in feed.since(2)] == [3, 4, 5]
+        with feed.following():  # a stream is open
+            feed.start()
+            await feed.ready()
+            assert feed.head.revision == 5
+            assert [c.revision for c in feed.since(2)] == [3, 4, 5]
+            log.commit()
+            feed.wake()
+            await asyncio.wait_for(feed.changed(), 2)
+            assert feed.head.revision == 6
+        # With no stream open the feed follows the head only, and keeps no changes.
         log.commit()
         feed.wake()
         await asyncio.wait_for(feed.changed(), 2)
-        assert feed.head.revision == 6
+        assert (feed.head.revision, feed.since(2), feed.oldest) == (7, [], 7)
         await feed.stop()
 
     asyncio.run(scenario())
@@ -152,5 +158,44 @@ def test_the_batch_window_grows_only_while_the_loop_is_busy(busy: bool) -> None:
 
 async def _follow(feed: ChangeFeed) -> None:
     """A stream that only waits for the head to move, again and again."""
-    while True:
-        await feed.changed()
+    with feed.following():
+        while True:
+            await feed.changed()
+
+
+def test_a_stream_that_opens_while_the_feed_reads_only_the_head_gets_every_change() -> None:
+    # With no stream open the feed reads only the head. One that opened during such a read,
+    # at the old head, was then behind a feed that held none of its changes: it was ended
+    # WATCHER_TOO_SLOW at once.
+    async def scenario() -> None:
+        log = Log()
+        gate = asyncio.Event()
+        gate.set()
+
+        async def read(after: int, limit: int) -> tuple[Sequence[Change], StoreHead]:
+            await gate.wait()
+            return await log.read(after, limit)
+
+        for _ in range(2):
+            log.commit()
+        feed = ChangeFeed(read, poll_seconds=0.001, batch_seconds=0)
+        feed.start()
+        await feed.ready()
+        gate.clear()
+        for _ in range(3):
+            log.commit()
+        feed.wake()
+        await asyncio.sleep(0.01)  # the feed's read of the head waits at the gate
+        stream = batches(
+            feed, read, Selections(), image_ids=(), start_revision=2, viewer="v",
+            visible=lambda c: True, render=lambda b: b, progress_seconds=5,
+        )  # fmt: skip
+        first: Batch = await anext(stream)
+        assert first.revision == 2
+        gate.set()
+        second: Batch = await asyncio.wait_for(anext(stream), 2)
+        assert [c.revision for c in second.changes] == [3, 4, 5]
+        await stream.aclose()
+        await feed.stop()
+
+    asyncio.run(scenario())

@@ -16,7 +16,7 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 
 from imageloc.server.domain.model import Change
 from imageloc.server.domain.ports import StoreHead, StoreUnavailableError
@@ -76,6 +76,7 @@ class ChangeFeed:
         self._loop_idle = loop_idle  # how long the loop has waited for work, all told
         self._idle_seen = (0.0, 0.0)  # when the last window began, and loop_idle() then
         self._busy = 0.0  # the loop's busy share, smoothed
+        self._streams = 0  # streams open (follow)
         self._waiting = 0  # streams waiting in changed()
         self._released = 0  # how many the last release woke
         self.tick_seconds = tick_seconds
@@ -147,6 +148,17 @@ class ChangeFeed:
             return newest
         return [change for change in ring if change.revision > revision]
 
+    @contextlib.contextmanager
+    def following(self) -> Iterator[None]:
+        """Count a stream open while in the block: with none open, the feed reads only
+        the head and keeps no changes (a stream that opens later reads what it missed
+        from the store, as one from further back does)."""
+        self._streams += 1
+        try:
+            yield
+        finally:
+            self._streams -= 1
+
     async def changed(self) -> None:
         """Return once the head moves on, the streams must end, or a tick has passed."""
         self._waiting += 1
@@ -201,9 +213,14 @@ class ChangeFeed:
 
     async def _read_to_head(self) -> None:
         while True:
-            changes, head = await self._read(self.head.revision, READ_LIMIT)
-            if changes:
+            limit = READ_LIMIT if self._streams else 0
+            changes, head = await self._read(self.head.revision, limit)
+            if limit:
                 self._ring.extend(changes)
+            elif self._streams:  # one opened meanwhile at the old head: read its changes
+                continue
+            else:
+                self._ring.clear()
             newest = changes[-1].revision if len(changes) == READ_LIMIT else head.revision
             moved = (
                 newest > self.head.revision or head.compact_revision != self.head.compact_revision

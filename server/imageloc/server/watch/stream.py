@@ -105,71 +105,72 @@ async def batches(
     far back); once caught up the stream follows the feed. visible and render are the
     viewer's (every stream of one viewer sees the same changes, written the same way).
     """
-    await feed.ready()
-    if start_revision == 0 or start_revision > feed.head.revision:
-        # "From now" is the store's now, not the feed's last read; and a newer revision
-        # may have been committed a moment ago, on this replica or another.
-        await feed.refresh()
-    head = feed.head
-    if start_revision < 0:
-        raise DomainError(
-            Reason.INVALID_REQUEST,
-            f"start_revision must not be negative, not {start_revision}",
-            field="start_revision",
-        )
-    if start_revision > head.revision:
-        raise DomainError(
-            Reason.FUTURE_REVISION,
-            f"start_revision {start_revision} is after the store's revision {head.revision}",
-            field="start_revision",
-            metadata={"revision": str(head.revision)},
-        )
-    if start_revision and start_revision < head.compact_revision:
-        raise DomainError(
-            Reason.REVISION_COMPACTED,
-            f"The changes after revision {start_revision} are no longer kept: list again,"
-            f" then watch from the listing's revision (at least {head.compact_revision}).",
-            field="start_revision",
-            metadata={"compactRevision": str(head.compact_revision)},
-        )
-    ids = frozenset(image_ids)
-    position = start_revision or head.revision
-    live = position >= head.revision  # caught up: from now on it follows the feed
-    clock = asyncio.get_running_loop().time
-    # A progress response is due when the next tick would come too late for it.
-    progress_due = max(0.0, progress_seconds - feed.tick_seconds)
-    yield render(Batch((), position))
-    sent_at = clock()
-    while True:
-        if feed.closed:
-            raise StreamsClosedError("the server is stopping")
-        if position >= feed.head.revision:
-            live = True
-            await feed.changed()
-            if position >= feed.head.revision and clock() - sent_at >= progress_due:
-                yield render(Batch((), position))
-                sent_at = clock()
-            continue
-        response: R | None
-        if position >= feed.oldest:
-            response, position = selections.live(
-                feed, position, ids=ids, viewer=viewer, visible=visible, render=render
-            )
-        elif live:
+    with feed.following():  # the feed keeps changes while streams are open
+        await feed.ready()
+        if start_revision == 0 or start_revision > feed.head.revision:
+            # "From now" is the store's now, not the feed's last read; and a newer revision
+            # may have been committed a moment ago, on this replica or another.
+            await feed.refresh()
+        head = feed.head
+        if start_revision < 0:
             raise DomainError(
-                Reason.WATCHER_TOO_SLOW,
-                f"The stream fell more than the feed keeps behind, at revision {position}:"
-                " resume from it.",
-                metadata={"revision": str(position)},
+                Reason.INVALID_REQUEST,
+                f"start_revision must not be negative, not {start_revision}",
+                field="start_revision",
             )
-        else:
-            changes, _ = await read(position, READ_LIMIT)
-            changes = changes[:MAX_BATCH]
-            caught_up_to = changes[-1].revision if changes else feed.oldest
-            position = max(position, caught_up_to)
-            response = _rendered(render, _selected(changes, ids, visible), position)
-        if response is None and clock() - sent_at >= progress_due:
-            response = render(Batch((), position))  # nothing it sees, for a while
-        if response is not None:
-            yield response
-            sent_at = clock()
+        if start_revision > head.revision:
+            raise DomainError(
+                Reason.FUTURE_REVISION,
+                f"start_revision {start_revision} is after the store's revision {head.revision}",
+                field="start_revision",
+                metadata={"revision": str(head.revision)},
+            )
+        if start_revision and start_revision < head.compact_revision:
+            raise DomainError(
+                Reason.REVISION_COMPACTED,
+                f"The changes after revision {start_revision} are no longer kept: list again,"
+                f" then watch from the listing's revision (at least {head.compact_revision}).",
+                field="start_revision",
+                metadata={"compactRevision": str(head.compact_revision)},
+            )
+        ids = frozenset(image_ids)
+        position = start_revision or head.revision
+        live = position >= head.revision  # caught up: from now on it follows the feed
+        clock = asyncio.get_running_loop().time
+        # A progress response is due when the next tick would come too late for it.
+        progress_due = max(0.0, progress_seconds - feed.tick_seconds)
+        yield render(Batch((), position))
+        sent_at = clock()
+        while True:
+            if feed.closed:
+                raise StreamsClosedError("the server is stopping")
+            if position >= feed.head.revision:
+                live = True
+                await feed.changed()
+                if position >= feed.head.revision and clock() - sent_at >= progress_due:
+                    yield render(Batch((), position))
+                    sent_at = clock()
+                continue
+            response: R | None
+            if position >= feed.oldest:
+                response, position = selections.live(
+                    feed, position, ids=ids, viewer=viewer, visible=visible, render=render
+                )
+            elif live:
+                raise DomainError(
+                    Reason.WATCHER_TOO_SLOW,
+                    f"The stream fell more than the feed keeps behind, at revision {position}:"
+                    " resume from it.",
+                    metadata={"revision": str(position)},
+                )
+            else:
+                changes, _ = await read(position, READ_LIMIT)
+                changes = changes[:MAX_BATCH]
+                caught_up_to = changes[-1].revision if changes else feed.oldest
+                position = max(position, caught_up_to)
+                response = _rendered(render, _selected(changes, ids, visible), position)
+            if response is None and clock() - sent_at >= progress_due:
+                response = render(Batch((), position))  # nothing it sees, for a while
+            if response is not None:
+                yield response
+                sent_at = clock()
