@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import hashlib
 from collections.abc import Sequence
 from types import TracebackType
@@ -64,7 +65,7 @@ class RequestKey:
     fingerprint: str
     namespace: str = ""
 
-    @property
+    @functools.cached_property
     def log_id(self) -> str:
         """The request's key in the request log: its id, within the caller's namespace."""
         if not self.namespace:

@@ -6,12 +6,13 @@ Imports the store's driver and image encoding, and the domain's values and ports
 from __future__ import annotations
 
 import datetime
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from imageloc.server.domain.model import Change, ChangeType
+from imageloc.server.domain.model import Change, ChangeType, Image
 from imageloc.server.domain.ports import StoreHead
 from imageloc.server.store.driver import Driver, Sql, Statements
-from imageloc.server.store.request_log import decode_image, encode_image
+from imageloc.server.store.request_log import decode_image
 
 # The one row's lock orders the writers: PostgreSQL holds it to the end of the transaction,
 # so a revision taken later commits later (no reader sees 101 while 100 is in flight);
@@ -85,8 +86,9 @@ _COMPACT = Sql("UPDATE store_state SET compact_revision = ? WHERE id = 1 AND com
 class SqlChangeLog:
     """ChangeLog over the `store_state` and `image_changes` tables."""
 
-    def __init__(self, driver: Driver) -> None:
+    def __init__(self, driver: Driver, *, encode: Callable[[Image], Any]) -> None:
         self._driver = driver
+        self._encode = encode  # an image as the JSON parameter (SqlRequestLog.encoded)
 
     def commit_statements(self, change: Change, *, request_log_id: str | None) -> Statements:
         """The statements that take the next revision (the first; it returns it), stamp
@@ -94,7 +96,7 @@ class SqlChangeLog:
         the unit of work runs them right before COMMIT (UnitOfWork.commit_change)."""
         driver = self._driver
         image = change.image
-        encoded = driver.json_in(encode_image(image))
+        encoded = self._encode(image)
         logged = (image.id, change.type.value, encoded, driver.time_in(change.commit_time))
         if driver.postgresql:
             stamped = (image.id,) if request_log_id is None else (image.id, request_log_id)

@@ -33,6 +33,16 @@ class SqlRequestLog:
 
     def __init__(self, driver: Driver) -> None:
         self._driver = driver
+        self._encoded: tuple[Image, Any] | None = None
+
+    def encoded(self, image: Image) -> Any:
+        """image as the JSON parameter the store writes; the image this unit of work
+        records is the one its change logs, so it is encoded once for both."""
+        if self._encoded is not None and self._encoded[0] is image:
+            return self._encoded[1]
+        value = self._driver.json_in(encode_image(image))
+        self._encoded = (image, value)
+        return value
 
     def find(self, log_id: str) -> RecordedOutcome | None:
         """The recorded outcome of the request with this RequestKey.log_id, or None."""
@@ -51,7 +61,7 @@ class SqlRequestLog:
             key.log_id,
             key.fingerprint,
             image.id,
-            driver.json_in(encode_image(image)),
+            self.encoded(image),
             driver.time_in(at),
         )
         return bool(driver.count(_RECORD, values) == 1)

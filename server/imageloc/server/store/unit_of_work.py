@@ -104,7 +104,7 @@ class SqlUnitOfWork:
         self._committed = False
         self.images = SqlImageRepository(self._driver, lock_rows=self._for_write)
         self.requests = SqlRequestLog(self._driver)
-        self.changes = SqlChangeLog(self._driver)
+        self.changes = SqlChangeLog(self._driver, encode=self.requests.encoded)
         return self
 
     def _connect(self, wait_ms: int | None) -> Driver:
