@@ -127,8 +127,10 @@ def urls(image: pb.Image) -> list[str]:
     return [loc.url for loc in image.locations]
 
 
-def create_image(image_id: str, *, request_id: str) -> Call:
-    request = pb.CreateImageRequest(name="twice", id=image_id, request_id=request_id)
+def create_image(image_id: str, *, request_id: str, name: str = "twice") -> Call:
+    request = pb.CreateImageRequest(name=name, request_id=request_id)
+    if image_id:  # else the server makes one
+        request.id = image_id
     return lambda stub: stub.CreateImage(request, timeout=CALL_TIMEOUT).image
 
 
@@ -319,3 +321,29 @@ def test_one_create_request_at_both_replicas_at_once_creates_once_and_answers_bo
 
         assert results(outcomes) == {"OK": 2}, n
         assert outcomes[0].image == outcomes[1].image == stored(stubs[1], image_id)
+
+
+def test_one_create_request_without_an_id_at_both_replicas_at_once_creates_one_image(
+    stubs: list[pb_grpc.ImageServiceStub],
+) -> None:
+    # Each attempt makes an id of its own, so nothing but the request log's row tells them
+    # apart; on PostgreSQL that row is written with COMMIT, where the later attempt fails
+    # and tries again, to find and answer the first one's image.
+    names = [f"once-{uuid.uuid4()}" for _ in range(ROUNDS)]
+    for n, name in enumerate(names):
+        create = create_image("", request_id=str(uuid.uuid4()), name=name)
+
+        outcomes = race(stubs, [create, create])
+
+        assert results(outcomes) == {"OK": 2}, n
+        first = outcomes[0].image
+        assert first is not None
+        assert first == outcomes[1].image == stored(stubs[1], first.id)
+    listed: list[pb.Image] = []
+    token = ""
+    while True:
+        page = stubs[0].ListImages(pb.ListImagesRequest(page_size=1000, page_token=token))
+        listed += page.images
+        if not (token := page.next_page_token):
+            break
+    assert sorted(image.name for image in listed if image.name in set(names)) == sorted(names)

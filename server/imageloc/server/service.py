@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import dataclasses
 import datetime
 import hashlib
@@ -35,6 +36,7 @@ from imageloc.server.domain.ports import (
     DeadlineExceededError,
     ListCursor,
     RequestKey,
+    RequestRecordedMeanwhileError,
     StoreHead,
     UnitOfWork,
     UnitOfWorkFactory,
@@ -214,7 +216,7 @@ class ImageService:
         )
         for _ in range(MAX_WRITE_ATTEMPTS):
             self._check_deadline(new_id)
-            with self._uow(for_write=True, deadline=self._deadline) as uow:
+            with _retried(), self._uow(for_write=True, deadline=self._deadline) as uow:
                 if (answered := self._answered_before(uow)) is not None:
                     return answered
                 if not uow.images.add(image):
@@ -359,7 +361,8 @@ class ImageService:
         image_id = inputs.parse_image_id(image_id)
         for _ in range(MAX_WRITE_ATTEMPTS):
             self._check_deadline(image_id)
-            with self._uow(for_write=True, deadline=self._deadline) as uow:
+            # Another attempt of this request recorded first: the next attempt answers it.
+            with _retried(), self._uow(for_write=True, deadline=self._deadline) as uow:
                 # The image's row lock first: a concurrent attempt of this same request on
                 # another replica has then committed its outcome, and the log shows it.
                 loaded = uow.images.get(image_id)
@@ -431,6 +434,12 @@ def _change(old: Image | None, new: Image, at: datetime.datetime) -> Change:
     """The change log's entry for turning old (None: nothing) into new, committed at `at`
     (its revision is the store's to take: UnitOfWork.commit_change)."""
     return Change(revision=0, type=change_type(old, new), image=new, commit_time=at)
+
+
+def _retried() -> contextlib.suppress:
+    """An attempt that another attempt of the same request recorded before (at its
+    commit): it wrote nothing, and the next attempt finds that one's outcome."""
+    return contextlib.suppress(RequestRecordedMeanwhileError)
 
 
 def _visible(image: Image | None, image_id: str) -> Image:

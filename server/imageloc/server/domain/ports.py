@@ -90,7 +90,11 @@ class RequestLog(Protocol):
         ...
 
     def record(self, key: RequestKey, image: Image, *, at: datetime.datetime) -> bool:
-        """Record key's outcome in this transaction; False when the id is taken already."""
+        """Record key's outcome in this transaction; False when the id is taken already.
+
+        A store may learn that another transaction took it only at commit: the commit
+        then raises RequestRecordedMeanwhileError, having written nothing.
+        """
         ...
 
 
@@ -174,6 +178,11 @@ class UnitOfWorkFactory(Protocol):
         """one_statement: a reader that makes one statement (GetImage, the change feed), its own
         snapshot: PostgreSQL runs it outside a transaction, in one round trip."""
         ...
+
+
+class RequestRecordedMeanwhileError(Exception):
+    """Another attempt of the same idempotent request recorded its outcome first, as this
+    one committed; nothing of this one was written: try again (the outcome answers it)."""
 
 
 class DeadlineExceededError(Exception):

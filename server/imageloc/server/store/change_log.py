@@ -12,7 +12,7 @@ from typing import Any
 from imageloc.server.domain.model import Change, ChangeType, Image
 from imageloc.server.domain.ports import StoreHead
 from imageloc.server.store.driver import Driver, Sql, Statements
-from imageloc.server.store.request_log import decode_image
+from imageloc.server.store.request_log import REQUEST_COLUMNS, decode_image
 
 # The one row's lock orders the writers: PostgreSQL holds it to the end of the transaction,
 # so a revision taken later commits later (no reader sees 101 while 100 is in flight);
@@ -54,7 +54,7 @@ _AFTER = Sql(
 CHANNEL = "imageloc_changes"
 
 
-def _commit_in_one(*, stamp_outcome: bool) -> Sql:
+def _commit_in_one(outcome: str) -> Sql:
     """PostgreSQL's commit_statements as one statement: a statement costs the driver more
     than the database's work in it. The parts of one statement share its snapshot, so they
     read the revision from `taken`, not from store_state; the lock is taken as before."""
@@ -64,10 +64,15 @@ def _commit_in_one(*, stamp_outcome: bool) -> Sql:
         "image AS (UPDATE images SET store_revision = taken.revision FROM taken"
         " WHERE images.id = ?)",
     ]
-    if stamp_outcome:
+    if outcome == "stamp":  # the outcome recorded before, stamped
         parts.append(
             f"outcome AS (UPDATE request_log SET outcome = {stamp.format('outcome')}"
             " FROM taken WHERE request_id = ?)"
+        )
+    elif outcome == "record":  # the outcome recorded now, stamped (SqlRequestLog.pending)
+        parts.append(
+            f"outcome AS (INSERT INTO request_log ({REQUEST_COLUMNS})"
+            f" SELECT ?, ?, ?, {stamp.format('?')}, ? FROM taken)"
         )
     parts.append(
         "logged AS (INSERT INTO image_changes (revision, image_id, type, image, commit_time)"
@@ -77,7 +82,7 @@ def _commit_in_one(*, stamp_outcome: bool) -> Sql:
     return Sql(statement)
 
 
-_COMMIT_IN_ONE = {stamp: _commit_in_one(stamp_outcome=stamp) for stamp in (False, True)}
+_COMMIT_IN_ONE = {outcome: _commit_in_one(outcome) for outcome in ("none", "stamp", "record")}
 _NEWEST_BEFORE = Sql("SELECT MAX(revision) FROM image_changes WHERE commit_time < ?")
 _PRUNE = Sql("DELETE FROM image_changes WHERE revision <= ?")
 _COMPACT = Sql("UPDATE store_state SET compact_revision = ? WHERE id = 1 AND compact_revision < ?")
@@ -90,17 +95,27 @@ class SqlChangeLog:
         self._driver = driver
         self._encode = encode  # an image as the JSON parameter (SqlRequestLog.encoded)
 
-    def commit_statements(self, change: Change, *, request_log_id: str | None) -> Statements:
+    def commit_statements(
+        self,
+        change: Change,
+        *,
+        request_log_id: str | None,
+        recorded: Sequence[Any] | None = None,
+    ) -> Statements:
         """The statements that take the next revision (the first; it returns it), stamp
         change's image row and request_log_id's outcome with it, and log change at it;
-        the unit of work runs them right before COMMIT (UnitOfWork.commit_change)."""
+        the unit of work runs them right before COMMIT (UnitOfWork.commit_change).
+        recorded (PostgreSQL): the request log's row to write with them, stamped too."""
         driver = self._driver
         image = change.image
         encoded = self._encode(image)
         logged = (image.id, change.type.value, encoded, driver.time_in(change.commit_time))
         if driver.postgresql:
-            stamped = (image.id,) if request_log_id is None else (image.id, request_log_id)
-            return [(_COMMIT_IN_ONE[request_log_id is not None], (*stamped, *logged))]
+            if recorded is not None:
+                return [(_COMMIT_IN_ONE["record"], (image.id, *recorded, *logged))]
+            if request_log_id is not None:
+                return [(_COMMIT_IN_ONE["stamp"], (image.id, request_log_id, *logged))]
+            return [(_COMMIT_IN_ONE["none"], (image.id, *logged))]
         statements: Statements = [(_NEXT_REVISION, ()), (_STAMP_IMAGE, (image.id,))]
         if request_log_id is not None:
             statements.append((_STAMP_OUTCOME, (request_log_id,)))

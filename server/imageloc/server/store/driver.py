@@ -116,13 +116,14 @@ class Driver:
 
     def run_then_commit(self, statements: Statements) -> Any:
         """Run statements, then COMMIT, in one round trip (pipeline mode); the first row
-        of the first statement. PostgreSQL only (SQLite: one statement at a time)."""
+        of the first statement (None when it returns none). PostgreSQL only (SQLite: one
+        statement at a time)."""
         connection = self.connection
         try:
             with connection.pipeline():
                 cursors = [connection.execute(s.postgresql, values) for s, values in statements]
                 connection.commit()
-            return cursors[0].fetchone()
+            return cursors[0].fetchone() if cursors[0].description else None
         except DRIVER_ERRORS as error:
             raise unavailable(error) from error
 
@@ -208,7 +209,7 @@ class LoopDriver(Driver):
 
     def run_then_commit(self, statements: Statements) -> Any:
         (first, *_) = _awaited(self._pipelined(statements, commit=True))
-        return _awaited(first.fetchone())
+        return _awaited(first.fetchone()) if first.description else None
 
     async def _pipelined(self, statements: Statements, *, commit: bool = False) -> list[Any]:
         """The cursors of the prelude's and statements' results, sent in one round trip

@@ -21,10 +21,16 @@ from imageloc.server.store.repository import (
 _CREATED, _UPDATED = COLUMN_NAMES.index("created_at"), COLUMN_NAMES.index("updated_at")
 
 _FIND = Sql("SELECT fingerprint, outcome FROM request_log WHERE request_id = ?")
+#: A row's columns, in the order record() gives their values.
+REQUEST_COLUMNS = "request_id, fingerprint, image_id, outcome, created_at"
 _RECORD = Sql(
-    "INSERT INTO request_log (request_id, fingerprint, image_id, outcome, created_at)"
-    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (request_id) DO NOTHING"
+    f"INSERT INTO request_log ({REQUEST_COLUMNS}) VALUES (?, ?, ?, ?, ?)"
+    " ON CONFLICT (request_id) DO NOTHING"
 )
+#: PostgreSQL's: sent with COMMIT, where an attempt that recorded first is a unique violation.
+RECORD_AT_COMMIT = Sql(f"INSERT INTO request_log ({REQUEST_COLUMNS}) VALUES (?, ?, ?, ?, ?)")
+#: The constraint an attempt that recorded first violates.
+RECORDED_CONSTRAINT = "request_log_pkey"
 _PRUNE = Sql("DELETE FROM request_log WHERE created_at < ?")
 
 
@@ -34,6 +40,8 @@ class SqlRequestLog:
     def __init__(self, driver: Driver) -> None:
         self._driver = driver
         self._encoded: tuple[Image, Any] | None = None
+        #: PostgreSQL: the rows record() wrote, by log id, to be sent with COMMIT.
+        self.pending: dict[str, tuple[Any, ...]] = {}
 
     def encoded(self, image: Image) -> Any:
         """image as the JSON parameter the store writes; the image this unit of work
@@ -55,7 +63,12 @@ class SqlRequestLog:
         )
 
     def record(self, key: RequestKey, image: Image, *, at: datetime.datetime) -> bool:
-        """Record key's outcome; False when the id was recorded already (nothing written)."""
+        """Record key's outcome; False when the id was recorded already (nothing written).
+
+        On PostgreSQL the row goes with COMMIT, a round trip saved: False only when this
+        unit of work recorded the id already, and one another transaction recorded first
+        fails the commit instead (RequestRecordedMeanwhileError).
+        """
         driver = self._driver
         values = (
             key.log_id,
@@ -64,6 +77,11 @@ class SqlRequestLog:
             self.encoded(image),
             driver.time_in(at),
         )
+        if driver.postgresql:
+            if key.log_id in self.pending:
+                return False
+            self.pending[key.log_id] = values
+            return True
         return bool(driver.count(_RECORD, values) == 1)
 
     def prune(self, *, before: datetime.datetime) -> int:

@@ -5,13 +5,15 @@ Imports sqlalchemy, the store's modules, and the domain's ports.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Self
 
 import psycopg
+import psycopg.errors
 from psycopg import IsolationLevel
 from psycopg.pq import TransactionStatus
 from sqlalchemy import Engine
@@ -21,6 +23,7 @@ from imageloc.server.domain.model import Change
 from imageloc.server.domain.ports import (
     DeadlineExceededError,
     ImageRepository,
+    RequestRecordedMeanwhileError,
     StoreUnavailableError,
 )
 from imageloc.server.store import schema
@@ -36,7 +39,11 @@ from imageloc.server.store.engine import (
 )
 from imageloc.server.store.group_commit import LoopConnections
 from imageloc.server.store.repository import SqlImageRepository
-from imageloc.server.store.request_log import SqlRequestLog
+from imageloc.server.store.request_log import (
+    RECORD_AT_COMMIT,
+    RECORDED_CONSTRAINT,
+    SqlRequestLog,
+)
 
 #: A wait that ended this close to the deadline was cut short by it.
 _DEADLINE_SLACK = 0.05
@@ -215,11 +222,17 @@ class SqlUnitOfWork:
             ) from error
 
     def commit(self) -> None:
-        """Make the transaction's writes durable."""
-        if self._driver is None:
+        """Make the transaction's writes durable (with the request log's pending row)."""
+        driver = self._driver
+        if driver is None:
             raise RuntimeError("commit() outside the unit of work's `with` block")
-        with translated_errors():
-            self._end("COMMIT")
+        pending, self.requests.pending = self.requests.pending, {}
+        if pending:
+            with _recorded_meanwhile(), translated_errors():
+                driver.run_then_commit([(RECORD_AT_COMMIT, row) for row in pending.values()])
+        else:
+            with translated_errors():
+                self._end("COMMIT")
         self._committed = True
 
     def commit_change(self, change: Change, *, request_log_id: str | None) -> int:
@@ -228,9 +241,14 @@ class SqlUnitOfWork:
         driver = self._driver
         if driver is None:
             raise RuntimeError("commit_change() outside the unit of work's `with` block")
-        statements = self.changes.commit_statements(change, request_log_id=request_log_id)
+        pending, self.requests.pending = self.requests.pending, {}
+        recorded = None if request_log_id is None else pending.pop(request_log_id, None)
+        statements = self.changes.commit_statements(
+            change, request_log_id=request_log_id, recorded=recorded
+        )
+        statements += [(RECORD_AT_COMMIT, row) for row in pending.values()]
         if self._postgresql:
-            with translated_errors():
+            with _recorded_meanwhile(), translated_errors():
                 row = driver.run_then_commit(statements)
             self._committed = True
         else:
@@ -241,6 +259,18 @@ class SqlUnitOfWork:
             self.commit()
         assert row is not None, "store_state has no row: the schema is not migrated"
         return int(row[0])
+
+
+@contextlib.contextmanager
+def _recorded_meanwhile() -> Iterator[None]:
+    """The request log's row, sent with COMMIT, as RequestRecordedMeanwhileError when an
+    attempt of the same request recorded first (the transaction is rolled back)."""
+    try:
+        yield
+    except psycopg.errors.UniqueViolation as error:
+        if error.diag.constraint_name != RECORDED_CONSTRAINT:
+            raise
+        raise RequestRecordedMeanwhileError(str(error).splitlines()[0]) from error
 
 
 class SqlStore:
