@@ -119,41 +119,51 @@ def test_a_live_stream_that_falls_out_of_the_ring_is_too_slow(
 def test_the_batch_window_grows_only_while_the_loop_is_busy(busy: bool) -> None:
     # A busy loop (its selector never idle) with 100 streams waiting: the feed reads, and
     # its streams respond, at most once every 80 ms. A loop with time to spare: every 10 ms.
-    async def scenario() -> int:
-        log = Log()
-        reads = 0
-
-        async def read(after: int, limit: int) -> tuple[Sequence[Change], StoreHead]:
-            nonlocal reads
-            reads += 1
-            return await log.read(after, limit)
-
-        clock = asyncio.get_running_loop().time
-        started = clock()
-
-        def loop_idle() -> float:  # never waiting, or always
-            return 0.0 if busy else clock() - started
-
-        feed = ChangeFeed(read, poll_seconds=1.0, batch_seconds=0.01, loop_idle=loop_idle)
-        feed.start()
-        await feed.ready()
-        waiting = [asyncio.ensure_future(_follow(feed)) for _ in range(100)]
-        reads = 0
-        for _ in range(100):  # a change every 5 ms for half a second
-            log.commit()
-            feed.wake()
-            await asyncio.sleep(0.005)
-        counted = reads
-        for task in waiting:
-            task.cancel()
-        await feed.stop()
-        return counted
-
-    reads = asyncio.run(scenario())
+    reads = asyncio.run(_reads_under_writes(busy=busy, changes=100))  # over half a second
     if busy:
         assert reads <= 12  # 0.5 s / 80 ms, and the first read at once
     else:
         assert reads >= 20  # about 0.5 s / (10 ms + a read)
+
+
+def test_a_loop_with_time_to_spare_batches_little_from_its_start() -> None:
+    # The busy share was first measured over the time since the machine booted, as if the
+    # loop had been busy all along: the windows of a new server's first moments were long.
+    reads = asyncio.run(_reads_under_writes(busy=False, changes=20))  # over 100 ms
+    assert reads >= 5  # about 100 ms / (10 ms + a read)
+
+
+async def _reads_under_writes(*, busy: bool, changes: int) -> int:
+    """How often a new feed (batch_seconds 0.01) with 100 streams reads while a change
+    commits every 5 ms; its loop never waits (busy), or always."""
+    log = Log()
+    reads = 0
+
+    async def read(after: int, limit: int) -> tuple[Sequence[Change], StoreHead]:
+        nonlocal reads
+        reads += 1
+        return await log.read(after, limit)
+
+    clock = asyncio.get_running_loop().time
+    started = clock()
+
+    def loop_idle() -> float:
+        return 0.0 if busy else clock() - started
+
+    feed = ChangeFeed(read, poll_seconds=1.0, batch_seconds=0.01, loop_idle=loop_idle)
+    waiting = [asyncio.ensure_future(_follow(feed)) for _ in range(100)]
+    feed.start()
+    await feed.ready()
+    reads = 0
+    for _ in range(changes):
+        log.commit()
+        feed.wake()
+        await asyncio.sleep(0.005)
+    counted = reads
+    for task in waiting:
+        task.cancel()
+    await feed.stop()
+    return counted
 
 
 async def _follow(feed: ChangeFeed) -> None:

@@ -74,8 +74,9 @@ class ChangeFeed:
         self._poll_seconds = poll_seconds
         self._batch_seconds = batch_seconds
         self._loop_idle = loop_idle  # how long the loop has waited for work, all told
-        self._idle_seen = (0.0, 0.0)  # when the last window began, and loop_idle() then
-        self._busy = 0.0  # the loop's busy share, smoothed
+        # When the last window began, and loop_idle() then (None: before the first one).
+        self._idle_seen: tuple[float, float] | None = None
+        self._busy: float | None = None  # the loop's busy share, smoothed (from its first)
         self._streams = 0  # streams open (follow)
         self._waiting = 0  # streams waiting in changed()
         self._released = 0  # how many the last release woke
@@ -179,11 +180,14 @@ class ChangeFeed:
         if self._loop_idle is None:
             return self._batch_seconds
         now, idle = time.monotonic(), self._loop_idle()
-        (then, before), self._idle_seen = self._idle_seen, (now, idle)
-        elapsed = now - then
-        if elapsed > 0:
-            share = max(0.0, 1.0 - (idle - before) / elapsed)
-            self._busy += (share - self._busy) * min(1.0, elapsed / BUSY_SECONDS)
+        seen, self._idle_seen = self._idle_seen, (now, idle)
+        if seen is not None and now > seen[0]:
+            elapsed = now - seen[0]
+            share = max(0.0, 1.0 - (idle - seen[1]) / elapsed)
+            busy = share if self._busy is None else self._busy  # the first share seeds it
+            self._busy = busy + (share - busy) * min(1.0, elapsed / BUSY_SECONDS)
+        if self._busy is None:  # nothing measured yet: the loop is taken to have time to spare
+            return self._batch_seconds
         ramp = min(1.0, max(0.0, (self._busy - CALM_SHARE) / (1.0 - CALM_SHARE)))
         spread = min(self._released * BATCH_SECONDS_PER_STREAM, MAX_BATCH_SECONDS)
         return self._batch_seconds + ramp * max(0.0, spread - self._batch_seconds)
