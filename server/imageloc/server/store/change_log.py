@@ -26,19 +26,17 @@ _NEXT_REVISION = Sql(
 _TAKEN = "(SELECT revision FROM store_state WHERE id = 1)"
 
 
-def _stamped(json: str) -> Sql:
+def _stamped(json: str) -> str:
     """The encoded image json (a parameter or a column) with its store_revision set to
     the revision taken (SQLite's statements; PostgreSQL's are _COMMIT_IN_ONE)."""
-    return Sql(f"json_set({json}, '$.store_revision', {_TAKEN})")
+    return f"json_set({json}, '$.store_revision', {_TAKEN})"
 
 
 _STAMP_IMAGE = Sql(f"UPDATE images SET store_revision = {_TAKEN} WHERE id = ?")
-_STAMP_OUTCOME = _stamped("outcome").wrap(
-    "UPDATE request_log SET outcome = {} WHERE request_id = ?"
-)
-_APPEND = _stamped("?").wrap(
+_STAMP_OUTCOME = Sql(f"UPDATE request_log SET outcome = {_stamped('outcome')} WHERE request_id = ?")
+_APPEND = Sql(
     "INSERT INTO image_changes (revision, image_id, type, image, commit_time)"
-    f" VALUES ({_TAKEN}, ?, ?, {{}}, ?)"
+    f" VALUES ({_TAKEN}, ?, ?, {_stamped('?')}, ?)"
 )
 _HEAD = Sql("SELECT revision, compact_revision FROM store_state WHERE id = 1")
 # The head beside each change (or alone, with none): the changes and the head one snapshot.
@@ -54,22 +52,18 @@ _AFTER = Sql(
 CHANNEL = "imageloc_changes"
 
 
-def _commit_in_one(outcome: str) -> Sql:
+def _commit_in_one(*, record: bool) -> Sql:
     """PostgreSQL's commit_statements as one statement: a statement costs the driver more
     than the database's work in it. The parts of one statement share its snapshot, so they
-    read the revision from `taken`, not from store_state; the lock is taken as before."""
+    read the revision from `taken`, not from store_state; the lock is taken as before.
+    record: the request log's row is written by it too (SqlRequestLog.pending), stamped."""
     stamp = "jsonb_set(CAST({} AS jsonb), '{{store_revision}}', to_jsonb(taken.revision))"
     parts = [
         "taken AS (UPDATE store_state SET revision = revision + 1 WHERE id = 1 RETURNING revision)",
         "image AS (UPDATE images SET store_revision = taken.revision FROM taken"
         " WHERE images.id = ?)",
     ]
-    if outcome == "stamp":  # the outcome recorded before, stamped
-        parts.append(
-            f"outcome AS (UPDATE request_log SET outcome = {stamp.format('outcome')}"
-            " FROM taken WHERE request_id = ?)"
-        )
-    elif outcome == "record":  # the outcome recorded now, stamped (SqlRequestLog.pending)
+    if record:
         parts.append(
             f"outcome AS (INSERT INTO request_log ({REQUEST_COLUMNS})"
             f" SELECT ?, ?, ?, {stamp.format('?')}, ? FROM taken)"
@@ -82,7 +76,7 @@ def _commit_in_one(outcome: str) -> Sql:
     return Sql(statement)
 
 
-_COMMIT_IN_ONE = {outcome: _commit_in_one(outcome) for outcome in ("none", "stamp", "record")}
+_COMMIT_IN_ONE = {record: _commit_in_one(record=record) for record in (False, True)}
 _NEWEST_BEFORE = Sql("SELECT MAX(revision) FROM image_changes WHERE commit_time < ?")
 _PRUNE = Sql("DELETE FROM image_changes WHERE revision <= ?")
 _COMPACT = Sql("UPDATE store_state SET compact_revision = ? WHERE id = 1 AND compact_revision < ?")
@@ -105,17 +99,15 @@ class SqlChangeLog:
         """The statements that take the next revision (the first; it returns it), stamp
         change's image row and request_log_id's outcome with it, and log change at it;
         the unit of work runs them right before COMMIT (UnitOfWork.commit_change).
-        recorded (PostgreSQL): the request log's row to write with them, stamped too."""
+        recorded (PostgreSQL, where the request log's rows wait for COMMIT): the row
+        request_log_id's outcome is, to write with them; there is no other to stamp."""
         driver = self._driver
         image = change.image
         encoded = self._encode(image)
         logged = (image.id, change.type.value, encoded, driver.time_in(change.commit_time))
         if driver.postgresql:
-            if recorded is not None:
-                return [(_COMMIT_IN_ONE["record"], (image.id, *recorded, *logged))]
-            if request_log_id is not None:
-                return [(_COMMIT_IN_ONE["stamp"], (image.id, request_log_id, *logged))]
-            return [(_COMMIT_IN_ONE["none"], (image.id, *logged))]
+            row = () if recorded is None else tuple(recorded)
+            return [(_COMMIT_IN_ONE[recorded is not None], (image.id, *row, *logged))]
         statements: Statements = [(_NEXT_REVISION, ()), (_STAMP_IMAGE, (image.id,))]
         if request_log_id is not None:
             statements.append((_STAMP_OUTCOME, (request_log_id,)))

@@ -33,13 +33,9 @@ class Sql:
 
     __slots__ = ("postgresql", "sqlite")
 
-    def __init__(self, text: str, *, postgresql: str | None = None) -> None:
+    def __init__(self, text: str) -> None:
         self.sqlite = text
-        self.postgresql = (text if postgresql is None else postgresql).replace("?", "%s")
-
-    def wrap(self, outer: str) -> Sql:
-        """outer (a statement with `{}` where this expression goes, `?` placeholders)."""
-        return Sql(outer.format(self.sqlite), postgresql=outer.format(self.postgresql))
+        self.postgresql = text.replace("?", "%s")
 
 
 #: Statements with their parameters, to run in order.
