@@ -5,13 +5,14 @@ are they durable; a failed unit of work undoes only its own writes; a busy store
 from __future__ import annotations
 
 import asyncio
+import datetime
 import sqlite3
 from pathlib import Path
 
 import pytest
 
-from imageloc.server.domain.model import Image, Location
-from imageloc.server.domain.ports import StoreBusyError
+from imageloc.server.domain.model import Change, ChangeType, Image, Location
+from imageloc.server.domain.ports import StoreBusyError, StoreUnavailableError
 from imageloc.server.store import SqlStore
 
 from test_store import make_image
@@ -108,3 +109,56 @@ def test_each_turn_commits_its_own_transaction(database: Path) -> None:
         assert stored.checksum == "d" * 32
     finally:
         store.dispose()
+
+
+class FailingCommit:
+    """The loop's writer connection, whose COMMIT fails as a full disk makes it fail."""
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self.connection = connection
+
+    def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
+        if sql == "COMMIT":
+            raise sqlite3.OperationalError("database or disk is full")
+        return self.connection.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.connection, name)
+
+
+def test_a_failed_commit_leaves_no_remembered_change_behind(database: Path) -> None:
+    # The store remembers the changes it committed, so that the change feed need not decode
+    # them. A turn whose COMMIT fails gives its revisions back; when another process takes
+    # one next, even for a change of the same type at the same time, its change is the one
+    # this process reads back.
+    store = SqlStore(f"sqlite:///{database}", event_loop=True)
+    other_process = SqlStore(f"sqlite:///{database}")
+    lost, kept = make_image(), make_image()
+    at = datetime.datetime(2026, 12, 3, tzinfo=datetime.UTC)
+
+    def create(image: Image, where: SqlStore = store) -> int:
+        with where.unit_of_work(for_write=True) as uow:
+            assert uow.images.add(image)
+            return uow.commit_change(Change(0, ChangeType.CREATED, image, at), request_log_id=None)
+
+    async def turns() -> None:
+        create(make_image())
+        await store.durable()
+        loop_connections = store._loop_connections  # its writer, made to fail
+        assert loop_connections is not None
+        writer = loop_connections._writer
+        loop_connections._writer = FailingCommit(writer)  # type: ignore[assignment]
+        taken = create(lost)
+        with pytest.raises(StoreUnavailableError):
+            await store.durable()
+        loop_connections._writer = writer
+        assert create(kept, other_process) == taken
+
+    try:
+        asyncio.run(turns())
+        with store.unit_of_work(for_write=False) as uow:
+            changes, _ = uow.changes.after(0, limit=10)
+        assert [c.image.id for c in changes][1:] == [kept.id]
+    finally:
+        store.dispose()
+        other_process.dispose()

@@ -15,7 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from imageloc.server.domain.model import Image, ImageStatus, Location, Visibility
+from imageloc.server.domain.model import (
+    Change,
+    ChangeType,
+    Image,
+    ImageStatus,
+    Location,
+    Visibility,
+)
 from imageloc.server.domain.ports import StoreUnavailableError, UnitOfWorkFactory
 from imageloc.server.store import SqlStore
 
@@ -357,3 +364,39 @@ def test_concurrent_read_modify_write_loses_no_update(database_url: str) -> None
     assert final.size == image.size + 2 * rounds
     assert final.revision == image.revision + 2 * rounds
     assert len(final.locations) == 1 + 2 * rounds
+
+
+def test_changes_read_back_are_the_changes_committed_remembered_or_decoded(
+    store: SqlStore, database_url: str
+) -> None:
+    # The committing store remembers its changes (the feed need not decode them); another
+    # store on the same database decodes the rows. Both read the same changes, and the
+    # newest is the image as stored.
+    metadata = {"store": "ceph", "nested": {"pool": "images", "list": ["a", "b"]}}
+    image = make_image(locations=(Location("rbd://f/p/i/s", metadata), Location("s3://b/c")))
+    at = T0 + datetime.timedelta(seconds=5)
+    with store.unit_of_work(for_write=True) as uow:
+        assert uow.images.add(image)
+        created = uow.commit_change(Change(0, ChangeType.CREATED, image, at), request_log_id=None)
+    changed = dataclasses.replace(image, name="renamed", revision=2, updated_at=at)
+    with store.unit_of_work(for_write=True) as uow:
+        current = uow.images.get(image.id)
+        assert current is not None
+        assert uow.images.save(current, changed)
+        updated = uow.commit_change(Change(0, ChangeType.UPDATED, changed, at), request_log_id=None)
+    other = SqlStore(database_url)
+    try:
+        reads = []
+        for reader in (store, other):
+            with reader.unit_of_work(for_write=False) as uow:
+                reads.append(uow.changes.after(0, limit=10)[0])
+        remembered, decoded = reads
+        assert remembered == decoded
+        assert [(c.revision, c.type) for c in decoded] == [
+            (created, ChangeType.CREATED),
+            (updated, ChangeType.UPDATED),
+        ]
+        assert decoded[-1].image == get(store, image.id)
+        assert decoded[-1].image.store_revision == updated
+    finally:
+        other.dispose()

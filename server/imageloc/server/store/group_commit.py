@@ -9,6 +9,7 @@ import asyncio
 import contextvars
 import logging
 import sqlite3
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Engine
@@ -37,8 +38,9 @@ class LoopConnections:
     nothing is acknowledged that is not on disk, and one COMMIT serves the whole turn.
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, on_failed_commit: Callable[[], None]) -> None:
         self._engine = engine
+        self._on_failed_commit = on_failed_commit  # the turn's revisions will be taken again
         self._pooled: list[PoolProxiedConnection] = []
         self._reader: sqlite3.Connection | None = None
         self._writer: sqlite3.Connection | None = None
@@ -143,6 +145,7 @@ class LoopConnections:
     def _rollback(self) -> None:
         """Undo the turn's transaction, if SQLite still has it; the turn fails either way."""
         assert self._writer is not None
+        self._on_failed_commit()
         connection = self._writer
         try:
             if connection.in_transaction:

@@ -27,7 +27,7 @@ from imageloc.server.domain.ports import (
     StoreUnavailableError,
 )
 from imageloc.server.store import schema
-from imageloc.server.store.change_log import SqlChangeLog
+from imageloc.server.store.change_log import CommittedHere, SqlChangeLog
 from imageloc.server.store.driver import Driver, LoopDriver, Sql
 from imageloc.server.store.engine import (
     SQLITE_BUSY_TIMEOUT_MS,
@@ -82,8 +82,10 @@ class SqlUnitOfWork:
         loop_connections: LoopConnections | None = None,
         on_lost: Callable[[], None] | None = None,
         one_statement: bool = False,
+        committed: CommittedHere | None = None,
     ) -> None:
         self._engine = engine
+        self._committed_here = committed
         self._on_lost = on_lost
         self._one_statement = one_statement and not for_write
         self._postgresql = engine.dialect.name == "postgresql"
@@ -111,7 +113,9 @@ class SqlUnitOfWork:
         self._committed = False
         self.images = SqlImageRepository(self._driver, lock_rows=self._for_write)
         self.requests = SqlRequestLog(self._driver)
-        self.changes = SqlChangeLog(self._driver, encode=self.requests.encoded)
+        self.changes = SqlChangeLog(
+            self._driver, encode=self.requests.encoded, committed=self._committed_here
+        )
         return self
 
     def _connect(self, wait_ms: int | None) -> Driver:
@@ -258,7 +262,9 @@ class SqlUnitOfWork:
                 driver.count(statement, values)
             self.commit()
         assert row is not None, "store_state has no row: the schema is not migrated"
-        return int(row[0])
+        revision = int(row[0])
+        self.changes.committed(revision)
+        return revision
 
 
 @contextlib.contextmanager
@@ -290,10 +296,15 @@ class SqlStore:
         self.engine = create_engine_from_url(url)
         self._loop_connections: LoopConnections | None = None
         self._loop_engine: LoopEngine | None = None
+        # The changes this process's units of work committed (the feed's reads need not
+        # decode them); the loop's group commit forgets them when a COMMIT fails.
+        self._committed = CommittedHere()
         if event_loop and not self.is_embedded:
             self._loop_engine = LoopEngine(url, pool_size=loop_pool_size)
         elif event_loop and not is_memory_sqlite(self.engine.url):
-            self._loop_connections = LoopConnections(self.engine)
+            self._loop_connections = LoopConnections(
+                self.engine, on_failed_commit=self._committed.forget
+            )
 
     @property
     def is_embedded(self) -> bool:
@@ -311,12 +322,14 @@ class SqlStore:
                 deadline=deadline,
                 on_lost=self._loop_engine.suspect,
                 one_statement=one_statement,
+                committed=self._committed,
             )
         return SqlUnitOfWork(
             self.engine,
             for_write=for_write,
             deadline=deadline,
             loop_connections=self._loop_connections,
+            committed=self._committed,
         )
 
     async def durable(self) -> None:
