@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 
 import pytest
 
@@ -13,9 +14,17 @@ from imageloc.server.domain.model import Change, ChangeType, Image, ImageStatus
 from imageloc.server.domain.ports import StoreHead
 from imageloc.server.watch import feed as feed_module
 from imageloc.server.watch.feed import ChangeFeed
-from imageloc.server.watch.stream import Batch, Selections, batches
+from imageloc.server.watch.stream import MAX_BATCH, Selections, batches
 
 T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+
+
+@dataclasses.dataclass(frozen=True)
+class Batch:
+    """A response as these tests render it: its changes, and the stream's revision."""
+
+    changes: Sequence[Change]
+    revision: int
 
 
 class Log:
@@ -89,7 +98,7 @@ def test_a_live_stream_that_falls_out_of_the_ring_is_too_slow(
         feed.start()
         stream = batches(
             feed, log.read, Selections(), image_ids=(), start_revision=0, viewer="v",
-            visible=lambda c: True, render=lambda b: b, progress_seconds=5,
+            piece=lambda c: c, render=Batch, progress_seconds=5,
         )  # fmt: skip
         first: Batch = await anext(stream)
         assert first.revision == 0
@@ -104,7 +113,7 @@ def test_a_live_stream_that_falls_out_of_the_ring_is_too_slow(
         # From history a stream reads the log itself, however far back.
         history = batches(
             feed, log.read, Selections(), image_ids=(), start_revision=1, viewer="v",
-            visible=lambda c: True, render=lambda b: b, progress_seconds=5,
+            piece=lambda c: c, render=Batch, progress_seconds=5,
         )  # fmt: skip
         assert (await anext(history)).revision == 1
         got = (await anext(history)).changes
@@ -198,7 +207,7 @@ def test_a_stream_that_opens_while_the_feed_reads_only_the_head_gets_every_chang
         await asyncio.sleep(0.01)  # the feed's read of the head waits at the gate
         stream = batches(
             feed, read, Selections(), image_ids=(), start_revision=2, viewer="v",
-            visible=lambda c: True, render=lambda b: b, progress_seconds=5,
+            piece=lambda c: c, render=Batch, progress_seconds=5,
         )  # fmt: skip
         first: Batch = await anext(stream)
         assert first.revision == 2
@@ -206,6 +215,62 @@ def test_a_stream_that_opens_while_the_feed_reads_only_the_head_gets_every_chang
         second: Batch = await asyncio.wait_for(anext(stream), 2)
         assert [c.revision for c in second.changes] == [3, 4, 5]
         await stream.aclose()
+        await feed.stop()
+
+    asyncio.run(scenario())
+
+
+def test_streams_of_one_viewer_share_a_selection_and_each_gets_its_own_changes() -> None:
+    # One stream on every image, one on image "b" only, one that opens later on "b": the
+    # selection of "b" is judged once for both of its streams. Each gets its changes in
+    # order, at most MAX_BATCH a response, with the revision it has caught up to; the one
+    # on "b" catches up to the head past the changes of "a" it is not sent.
+    async def scenario() -> None:
+        log = Log()
+        feed = ChangeFeed(log.read, poll_seconds=0.001, batch_seconds=0)
+        feed.start()
+        judged: list[int] = []
+
+        def piece(change: Change) -> Change:
+            judged.append(change.revision)
+            return change
+
+        selections: Selections[Change, Batch] = Selections()
+
+        def stream(ids: tuple[str, ...]) -> AsyncGenerator[Batch, None]:
+            return batches(
+                feed, log.read, selections, image_ids=ids, start_revision=0, viewer="v",
+                piece=piece, render=Batch, progress_seconds=5,
+            )  # fmt: skip
+
+        every, only_b = stream(()), stream(("b",))
+        assert (await anext(every)).revision == 0
+        assert (await anext(only_b)).revision == 0
+        for index in range(2 * MAX_BATCH + 50):
+            log.commit("b" if index % 2 else "a")
+        for _ in range(20):
+            log.commit("a")
+        await feed.refresh()
+        got_every = [await anext(every) for _ in range(3)]
+        assert [len(b.changes) for b in got_every] == [MAX_BATCH, MAX_BATCH, 70]
+        assert [b.revision for b in got_every] == [MAX_BATCH, 2 * MAX_BATCH, 270]
+        got_b = await anext(only_b)
+        assert [c.revision for c in got_b.changes] == list(range(2, 2 * MAX_BATCH + 1, 2))
+        assert got_b.revision == 2 * MAX_BATCH
+        last_b = await anext(only_b)
+        assert [c.revision for c in last_b.changes] == list(range(202, 251, 2))
+        assert last_b.revision == 270  # the head, past the changes of "a"
+        later_b = stream(("b",))
+        assert (await anext(later_b)).revision == 270
+        log.commit("b")
+        await feed.refresh()
+        assert [c.revision for c in (await anext(only_b)).changes] == [271]
+        assert [c.revision for c in (await anext(later_b)).changes] == [271]
+        # Each change judged once for the stream on every image (which has not read 271
+        # yet), once for the two on "b".
+        assert sorted(judged) == sorted([*range(1, 271), *range(2, 251, 2), 271])
+        for opened in (every, only_b, later_b):
+            await opened.aclose()
         await feed.stop()
 
     asyncio.run(scenario())

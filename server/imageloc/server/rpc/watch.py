@@ -7,7 +7,7 @@ and authorization the servicer's (serve), the conversions rpc.convert's.
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Any
 
 import grpc
@@ -25,7 +25,7 @@ from imageloc.server.rpc.servicer import (
     refusal_status,
 )
 from imageloc.server.watch.feed import ChangeFeed, ReadChanges, StreamsClosedError
-from imageloc.server.watch.stream import Batch, Selections, batches
+from imageloc.server.watch.stream import Selections, batches
 from imageloc.v1 import image_service_pb2 as pb
 
 _EVENT_TYPES = {
@@ -52,7 +52,7 @@ def watch_handler(
     """
 
     views = SharedViews()
-    selections: Selections[bytes] = Selections()
+    selections: Selections[bytes, bytes] = Selections()
 
     async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         await admission.pass_through()
@@ -69,8 +69,8 @@ def watch_handler(
             image_ids=watch.image_ids,
             start_revision=watch.start_revision,
             viewer=access.identity,
-            visible=lambda change: views.of(change, access) is not None,
-            render=functools.partial(_response, access, views),
+            piece=functools.partial(views.of, access=access),
+            render=_response,
             progress_seconds=progress_seconds,
         )
         try:
@@ -88,7 +88,8 @@ def watch_handler(
 
 
 class SharedViews:
-    """Each change as each caller may see it, decided and encoded once for all its streams.
+    """Each change as each caller may see it, decided and encoded once for all its streams:
+    an ImageEvent, encoded as one of a WatchImagesResponse's events.
 
     Whether a caller sees a change and its locations depends on the change and on who the
     caller is (CallerAccess.identity), so the streams of one identity share the work: a
@@ -100,8 +101,8 @@ class SharedViews:
         self._views: dict[tuple[int, Hashable], bytes | None] = {}
         self._encoded: dict[tuple[int, bool], bytes] = {}
 
-    def of(self, change: Change, access: CallerAccess) -> bytes | None:
-        """The encoded ImageEvent of change for this caller; None when it may not see it."""
+    def of(self, change: Change, *, access: CallerAccess) -> bytes | None:
+        """change as an event of a response to this caller; None when it may not see it."""
         key = (change.revision, access.identity)
         try:
             return self._views[key]
@@ -115,23 +116,18 @@ class SharedViews:
             shown = access.sees_locations(change.image)
             view = self._encoded.get((change.revision, shown))
             if view is None:
-                view = _event(change, shown).SerializeToString()
+                event = _event(change, shown).SerializeToString()
+                view = b"".join((_EVENTS_TAG, _varint(len(event)), event))
                 self._encoded[(change.revision, shown)] = view
         self._views[key] = view
         return view
 
 
-def _response(access: CallerAccess, views: SharedViews, batch: Batch) -> bytes:
-    """The WatchImagesResponse of batch, encoded: its events as they were encoded once."""
-    parts: list[bytes] = []
-    for change in batch.changes:
-        encoded = views.of(change, access)
-        if encoded is None:  # batches() sends only what the caller may see
-            continue
-        parts += (_EVENTS_TAG, _varint(len(encoded)), encoded)
-    if batch.revision:
-        parts += (_REVISION_TAG, _varint(batch.revision))
-    return b"".join(parts)
+def _response(events: Sequence[bytes], revision: int) -> bytes:
+    """The WatchImagesResponse of events (SharedViews.of's) at revision, encoded."""
+    if not revision:
+        return b"".join(events)
+    return b"".join((*events, _REVISION_TAG, _varint(revision)))
 
 
 # WatchImagesResponse's wire format: events = 1 (length-delimited), revision = 2 (varint).

@@ -1,100 +1,150 @@
 """One WatchImages stream: which changes it sends, when, and when it is refused or ended.
 
-Runs on the server's event loop; imports asyncio and the domain. The gRPC adapter says how
-a Batch is written (Selections' render: a WatchImagesResponse, encoded) and turns each
-DomainError into its status.
+Runs on the server's event loop; imports asyncio and the domain. The gRPC adapter says what
+a change becomes in a response for the stream's caller (Piece: an ImageEvent, encoded, or
+None when the caller may not see it) and how a response is written (Render), and turns
+each DomainError into its status.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
+import contextlib
 import dataclasses
-from collections.abc import AsyncGenerator, Callable, Collection, Hashable, Sequence
+from collections.abc import AsyncGenerator, Callable, Collection, Hashable, Iterator, Sequence
 from typing import Generic, TypeVar
 
 from imageloc.server.domain.errors import DomainError, Reason
 from imageloc.server.domain.model import Change
-from imageloc.server.watch.feed import READ_LIMIT, ChangeFeed, ReadChanges, StreamsClosedError
+from imageloc.server.watch.feed import (
+    READ_LIMIT,
+    RING_SIZE,
+    ChangeFeed,
+    ReadChanges,
+    StreamsClosedError,
+)
 
-#: The most changes one response covers: a response stays far below gRPC's 4 MiB limit, and
-#: a stream whose writes are held up by its caller holds at most this many changes.
+#: The most events one response carries: a response stays far below gRPC's 4 MiB limit, and
+#: a stream whose writes are held up by its caller holds at most this many.
 MAX_BATCH = 100
 
-#: Whether the watcher may see a change (its image as changed): the caller's access.
-Visible = Callable[[Change], bool]
-
+#: A change as one piece of a response, in the adapter's form.
+P = TypeVar("P")
 #: A response as the adapter writes it.
 R = TypeVar("R")
 
-
-@dataclasses.dataclass(frozen=True)
-class Batch:
-    """One response: the changes to send, and the revision the stream has caught up to."""
-
-    changes: Sequence[Change]
-    revision: int
+#: What a change becomes in the watcher's responses; None when the watcher may not see it
+#: (its image as changed: the caller's access).
+Piece = Callable[[Change], P | None]
+#: A response: the pieces it carries, and the revision the stream has caught up to.
+Render = Callable[[Sequence[P], int], R]
 
 
-#: How the adapter writes a batch.
-Render = Callable[[Batch], R]
+@dataclasses.dataclass
+class _Selected(Generic[P]):
+    """The pieces of the changes one viewer watching one set of ids is sent, by revision,
+    for every change the feed holds up to `scanned`."""
+
+    scanned: int
+    revisions: list[int] = dataclasses.field(default_factory=list)
+    pieces: list[P] = dataclasses.field(default_factory=list)
+    streams: int = 0
 
 
-class Selections(Generic[R]):
+class Selections(Generic[P, R]):
     """The responses of live streams, made once for every stream in the same place.
 
-    Streams at the same revision, watching the same ids as the same viewer, are sent the
-    same response when the head moves: 100 watchers of one service cost one selection and
-    one encoding, then 100 writes. The changes between two revisions never change, so a
-    response is found again by those revisions, the ids and the viewer.
+    The streams of one viewer watching the same ids share one selection, made as the feed
+    reads changes: each change is judged, and made a piece, once for all of them, and a
+    stream's response is its slice of the pieces. Streams at the same revision are sent
+    the same response when the head moves: 100 watchers of one service cost one selection
+    and one encoding, then 100 writes.
     """
 
     def __init__(self, size: int = 4096) -> None:
         self._size = size
+        self._selected: dict[tuple[frozenset[str], Hashable], _Selected[P]] = {}
         self._made: dict[tuple[int, int, frozenset[str], Hashable], tuple[R | None, int]] = {}
+
+    @contextlib.contextmanager
+    def watching(self, ids: frozenset[str], viewer: Hashable) -> Iterator[None]:
+        """A stream of viewer's on ids is open in the block: their selection is kept."""
+        key = (ids, viewer)
+        selected = self._selected.setdefault(key, _Selected(scanned=-1))
+        selected.streams += 1
+        try:
+            yield
+        finally:
+            selected.streams -= 1
+            if not selected.streams:
+                del self._selected[key]
 
     def live(
         self, feed: ChangeFeed, position: int, *, ids: frozenset[str], viewer: Hashable,
-        visible: Visible, render: Render[R],
+        piece: Piece[P], render: Render[P, R],
     ) -> tuple[R | None, int]:  # fmt: skip
         """The response for a stream at position (None: nothing it may see), and the
-        revision it has then caught up to; position >= feed.oldest. visible and render
-        are the viewer's: every stream of one viewer sees and gets the same."""
+        revision it has then caught up to; position >= feed.oldest, inside watching(ids,
+        viewer). piece and render are the viewer's: every stream of one viewer sees and
+        gets the same."""
         key = (position, feed.head.revision, ids, viewer)
         try:
             return self._made[key]
         except KeyError:
             pass
-        changes = feed.since(position)
-        caught_up_to = max(feed.head.revision, changes[-1].revision if changes else 0)
-        if len(changes) > MAX_BATCH:  # a response stays small; the rest comes next
-            changes = changes[:MAX_BATCH]
-            caught_up_to = changes[-1].revision
-        made = _rendered(render, _selected(changes, ids, visible), caught_up_to), caught_up_to
+        selected = self._selected[ids, viewer]
+        _select(selected, feed, ids, piece)
+        first = bisect.bisect_right(selected.revisions, position)
+        pieces = selected.pieces[first : first + MAX_BATCH]
+        if len(selected.pieces) - first > MAX_BATCH:  # a response stays small; the rest next
+            caught_up_to = selected.revisions[first + MAX_BATCH - 1]
+        else:
+            caught_up_to = max(feed.head.revision, selected.scanned)
+        made = (render(pieces, caught_up_to) if pieces else None), caught_up_to
         if len(self._made) >= self._size:
             self._made.clear()
         self._made[key] = made
         return made
 
 
-def _rendered(render: Render[R], sent: Sequence[Change], revision: int) -> R | None:
-    """The response of the changes sent (None when there are none)."""
-    return render(Batch(sent, revision)) if sent else None
+def _select(selected: _Selected[P], feed: ChangeFeed, ids: frozenset[str], piece: Piece[P]) -> None:
+    """Bring selected up to the feed's newest change (from its oldest, if it fell behind)."""
+    if selected.scanned < feed.oldest:  # new, or the feed moved on without it: start afresh
+        selected.scanned = feed.oldest
+        selected.revisions.clear()
+        selected.pieces.clear()
+    changes = feed.since(selected.scanned)
+    if not changes:
+        return
+    for change in changes:
+        if not ids or change.image.id in ids:
+            made = piece(change)
+            if made is not None:
+                selected.revisions.append(change.revision)
+                selected.pieces.append(made)
+    selected.scanned = changes[-1].revision
+    if len(selected.revisions) > 2 * RING_SIZE:  # forget what fell out of the feed
+        kept = bisect.bisect_right(selected.revisions, feed.oldest)
+        del selected.revisions[:kept], selected.pieces[:kept]
 
 
-def _selected(changes: Sequence[Change], ids: frozenset[str], visible: Visible) -> list[Change]:
-    return [c for c in changes if (not ids or c.image.id in ids) and visible(c)]
+def _pieces(changes: Sequence[Change], ids: frozenset[str], piece: Piece[P]) -> list[P]:
+    """The pieces of the changes the watcher is sent."""
+    made = (piece(c) for c in changes if not ids or c.image.id in ids)
+    return [p for p in made if p is not None]
 
 
 async def batches(
     feed: ChangeFeed,
     read: ReadChanges,
-    selections: Selections[R],
+    selections: Selections[P, R],
     *,
     image_ids: Collection[str],
     start_revision: int,
     viewer: Hashable,
-    visible: Visible,
-    render: Render[R],
+    piece: Piece[P],
+    render: Render[P, R],
     progress_seconds: float,
 ) -> AsyncGenerator[R, None]:
     """The stream's responses, the first at once; DomainError for a refused start or a
@@ -102,10 +152,12 @@ async def batches(
     StreamsClosedError once the server stops.
 
     History older than the feed's memory is read from the store first (start_revision
-    far back); once caught up the stream follows the feed. visible and render are the
+    far back); once caught up the stream follows the feed. piece and render are the
     viewer's (every stream of one viewer sees the same changes, written the same way).
     """
-    with feed.following():  # the feed keeps changes while streams are open
+    ids = frozenset(image_ids)
+    # The feed keeps changes while streams are open, and selects them for each viewer's.
+    with feed.following(), selections.watching(ids, viewer):
         await feed.ready()
         if start_revision == 0 or start_revision > feed.head.revision:
             # "From now" is the store's now, not the feed's last read; and a newer revision
@@ -133,13 +185,12 @@ async def batches(
                 field="start_revision",
                 metadata={"compactRevision": str(head.compact_revision)},
             )
-        ids = frozenset(image_ids)
         position = start_revision or head.revision
         live = position >= head.revision  # caught up: from now on it follows the feed
         clock = asyncio.get_running_loop().time
         # A progress response is due when the next tick would come too late for it.
         progress_due = max(0.0, progress_seconds - feed.tick_seconds)
-        yield render(Batch((), position))
+        yield render((), position)
         sent_at = clock()
         while True:
             if feed.closed:
@@ -148,13 +199,13 @@ async def batches(
                 live = True
                 await feed.changed()
                 if position >= feed.head.revision and clock() - sent_at >= progress_due:
-                    yield render(Batch((), position))
+                    yield render((), position)
                     sent_at = clock()
                 continue
             response: R | None
             if position >= feed.oldest:
                 response, position = selections.live(
-                    feed, position, ids=ids, viewer=viewer, visible=visible, render=render
+                    feed, position, ids=ids, viewer=viewer, piece=piece, render=render
                 )
             elif live:
                 raise DomainError(
@@ -168,9 +219,10 @@ async def batches(
                 changes = changes[:MAX_BATCH]
                 caught_up_to = changes[-1].revision if changes else feed.oldest
                 position = max(position, caught_up_to)
-                response = _rendered(render, _selected(changes, ids, visible), position)
+                pieces = _pieces(changes, ids, piece)
+                response = render(pieces, position) if pieces else None
             if response is None and clock() - sent_at >= progress_due:
-                response = render(Batch((), position))  # nothing it sees, for a while
+                response = render((), position)  # nothing it sees, for a while
             if response is not None:
                 yield response
                 sent_at = clock()
