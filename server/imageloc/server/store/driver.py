@@ -150,8 +150,9 @@ class Driver:
         return Json(value) if self.postgresql else json.dumps(value)
 
     def json_out(self, value: Any) -> Any:
-        """A stored JSON value, decoded."""
-        if self.postgresql:
+        """A stored JSON value, decoded (PostgreSQL's driver decodes a json column itself;
+        one read as its text is decoded here)."""
+        if not isinstance(value, str):
             return value
         return {} if value == "{}" else json.loads(value)  # most locations carry no metadata
 

@@ -83,6 +83,9 @@ class LoopEngine:
             # under load (a PostgreSQL backend started each time); a call waits instead.
             pool_size=pool_size,
             max_overflow=0,
+            # No ROLLBACK on the way back (an awaited call even when idle): a unit of work
+            # returns only idle connections, and drops any other (SqlUnitOfWork._release).
+            pool_reset_on_return=None,
         )
         self._suspect_until = 0.0
         event.listen(self.engine.sync_engine, "checkin", self._on_checkin)

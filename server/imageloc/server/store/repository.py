@@ -26,8 +26,11 @@ _CREATED, _UPDATED = COLUMN_NAMES.index("created_at"), COLUMN_NAMES.index("updat
 _URL, _METADATA = len(COLUMN_NAMES), len(COLUMN_NAMES) + 1  # a joined row's location
 
 # A reader's image and locations in one statement: one round trip, one snapshot.
+# A location's metadata is read as its text: most are "{}", which json_out knows without
+# decoding (psycopg's jsonb loader cost GetImage 3% of the loop on PostgreSQL).
+_METADATA_TEXT = "CAST(loc.metadata AS TEXT)"
 _SELECT_IMAGE_WITH_LOCATIONS = Sql(
-    f"SELECT {_PAGE_COLUMNS}, loc.url, loc.metadata FROM images AS page"
+    f"SELECT {_PAGE_COLUMNS}, loc.url, {_METADATA_TEXT} FROM images AS page"
     " LEFT OUTER JOIN image_locations AS loc ON loc.image_id = page.id"
     " WHERE page.id = ? ORDER BY loc.position"
 )
@@ -38,7 +41,7 @@ _SELECT_IMAGE_WITH_LOCATIONS = Sql(
 _SELECT_IMAGE = f"SELECT {_COLUMNS} FROM images WHERE id = ?"
 _SELECT_IMAGE_FOR_UPDATE = {False: Sql(_SELECT_IMAGE), True: Sql(_SELECT_IMAGE + " FOR UPDATE")}
 _SELECT_LOCATIONS = Sql(
-    "SELECT url, metadata FROM image_locations WHERE image_id = ? ORDER BY position"
+    "SELECT url, CAST(metadata AS TEXT) FROM image_locations WHERE image_id = ? ORDER BY position"
 )
 _INSERT_IMAGE = Sql(
     f"INSERT INTO images ({_COLUMNS}) VALUES ({', '.join('?' for _ in COLUMN_NAMES)})"
@@ -172,7 +175,7 @@ class SqlImageRepository:
         # The page and its locations in one statement: one round trip, one snapshot. The
         # page is keyset-paginated on the (created_at, id) and (status, created_at, id) indexes.
         statement = Sql(
-            f"SELECT {_PAGE_COLUMNS}, loc.url, loc.metadata FROM"
+            f"SELECT {_PAGE_COLUMNS}, loc.url, {_METADATA_TEXT} FROM"
             f" (SELECT {_COLUMNS} FROM images WHERE {' AND '.join(conditions)}"
             "  ORDER BY created_at DESC, id DESC LIMIT ?) AS page"
             " LEFT OUTER JOIN image_locations AS loc ON loc.image_id = page.id"
