@@ -6,6 +6,7 @@ import uuid
 
 import grpc
 import pytest
+from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -48,6 +49,28 @@ def test_create_image_takes_a_given_id_in_canonical_form(stub: pb_grpc.ImageServ
     assert image.id == str(wanted)
     assert image.visibility == pb.IMAGE_VISIBILITY_PUBLIC
     assert get(stub, str(wanted).upper()).id == str(wanted)
+
+
+def test_values_with_quotes_percents_and_semicolons_are_stored_as_given(
+    stub: pb_grpc.ImageServiceStub,
+) -> None:
+    # PostgreSQL's writes send their statements together with the values bound as literals
+    # (store/driver.py's LoopDriver): every value comes back exactly as it was given.
+    tricky = '50%s off; it\'s "%%" -- DROP TABLE images; \\ $1 ? \u00e9\u2603'
+    request = pb.CreateImageRequest(name=tricky, disk_format="raw", container_format="bare")
+    image = stub.CreateImage(request).image
+    url = "https://store.example/a%20b;c'd%s?q=1&r=%%"
+    metadata = {"note": tricky, "nested": {"k'; --": "v%s"}}
+    added = stub.AddLocation(
+        pb.AddLocationRequest(
+            image_id=image.id, location=location(url, **metadata), request_id=str(uuid.uuid4())
+        )
+    ).image
+    stored = get(stub, image.id)
+    assert stored == added
+    assert stored.name == tricky
+    assert stored.locations[0].url == url
+    assert json_format.MessageToDict(stored.locations[0].metadata) == metadata
 
 
 def test_location_order_is_stored_as_set(stub: pb_grpc.ImageServiceStub) -> None:
