@@ -65,6 +65,9 @@ class InMemoryRequests:
     def find(self, log_id: str) -> RecordedOutcome | None:
         return self.rows.get(log_id)
 
+    def expect(self, log_id: str) -> None:
+        pass
+
     def record(self, key: RequestKey, image: Image, *, at: datetime.datetime) -> bool:
         if key.log_id in self.rows:
             return False

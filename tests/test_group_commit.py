@@ -8,6 +8,7 @@ import asyncio
 import datetime
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -117,7 +118,7 @@ class FailingCommit:
     def __init__(self, connection: sqlite3.Connection) -> None:
         self.connection = connection
 
-    def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
         if sql == "COMMIT":
             raise sqlite3.OperationalError("database or disk is full")
         return self.connection.execute(sql, *args)
@@ -147,6 +148,7 @@ def test_a_failed_commit_leaves_no_remembered_change_behind(database: Path) -> N
         loop_connections = store._loop_connections  # its writer, made to fail
         assert loop_connections is not None
         writer = loop_connections._writer
+        assert writer is not None
         loop_connections._writer = FailingCommit(writer)  # type: ignore[assignment]
         taken = create(lost)
         with pytest.raises(StoreUnavailableError):

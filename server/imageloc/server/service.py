@@ -364,7 +364,10 @@ class ImageService:
             # Another attempt of this request recorded first: the next attempt answers it.
             with _retried(), self._uow(for_write=True, deadline=self._deadline) as uow:
                 # The image's row lock first: a concurrent attempt of this same request on
-                # another replica has then committed its outcome, and the log shows it.
+                # another replica has then committed its outcome, and the log shows it
+                # (the lookup goes with the image's statements, after them).
+                if self._request is not None:
+                    uow.requests.expect(self._request.log_id)
                 loaded = uow.images.get(image_id)
                 if (answered := self._answered_before(uow)) is not None:
                     return answered

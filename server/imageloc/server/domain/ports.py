@@ -89,6 +89,11 @@ class RequestLog(Protocol):
         """The recorded outcome of the request with this RequestKey.log_id, or None."""
         ...
 
+    def expect(self, log_id: str) -> None:
+        """find(log_id) comes after the transaction's next read: a store may send the
+        lookup with that read's statements, after them (a round trip saved)."""
+        ...
+
     def record(self, key: RequestKey, image: Image, *, at: datetime.datetime) -> bool:
         """Record key's outcome in this transaction; False when the id is taken already.
 

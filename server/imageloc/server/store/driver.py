@@ -44,6 +44,17 @@ class Sql:
 Statements = list[tuple[Sql, Sequence[Any]]]
 
 
+class Rider:
+    """A statement sent after others (Driver.ride), and its rows once it has run."""
+
+    __slots__ = ("done", "rows", "statement")
+
+    def __init__(self, statement: str) -> None:
+        self.statement = statement  # bound
+        self.rows: list[Any] = []
+        self.done = False
+
+
 class Driver:
     """One DBAPI connection in a transaction that the unit of work began.
 
@@ -81,6 +92,11 @@ class Driver:
             for statement, values in rest:
                 self.count(statement, values)
         return changed
+
+    def ride(self, statement: Sql, parameters: Sequence[Any] = ()) -> Rider | None:
+        """statement, to be sent after the next statements sent together, its rows in the
+        Rider once they are; None where statements are sent one at a time (here)."""
+        return None
 
     def _run(self, statement: Sql, parameters: Sequence[Any], take: Callable[[Any], Any]) -> Any:
         """What take reads off the cursor of statement; fetching may fail too (SQLite steps)."""
@@ -176,7 +192,13 @@ class LoopDriver(Driver):
     def __init__(self, connection: Any) -> None:
         super().__init__(connection, postgresql=True)
         self._prelude: list[str] = []  # BEGIN and the settings, bound, until a statement runs
+        self._riders: list[Rider] = []  # sent after the next statements sent together
         self._cursor = AsyncClientCursor(connection)
+
+    def ride(self, statement: Sql, parameters: Sequence[Any] = ()) -> Rider | None:
+        rider = Rider(self._cursor.mogrify(statement.postgresql, parameters))
+        self._riders.append(rider)
+        return rider
 
     def _run(self, statement: Sql, parameters: Sequence[Any], take: Callable[[Any], Any]) -> Any:
         if self._prelude:
@@ -228,7 +250,9 @@ class LoopDriver(Driver):
         COMMIT after them); the prelude's and COMMIT's results are left out."""
         cursor = self._cursor
         prelude, self._prelude = self._prelude, []
+        riders, self._riders = self._riders, []
         texts = [*prelude, *(cursor.mogrify(s.postgresql, values) for s, values in statements)]
+        texts += (rider.statement for rider in riders)
         if commit:
             texts.append("COMMIT")
         await cursor.execute("; ".join(texts))
@@ -238,7 +262,10 @@ class LoopDriver(Driver):
             results.append(_Result(rows, cursor.rowcount))
             if not cursor.nextset():
                 break
-        return results[len(prelude) : len(prelude) + len(statements)]
+        ridden = len(prelude) + len(statements)
+        for rider, result in zip(riders, results[ridden:], strict=False):
+            rider.rows, rider.done = result.rows, True
+        return results[len(prelude) : ridden]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

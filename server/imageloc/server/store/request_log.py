@@ -10,7 +10,7 @@ from typing import Any
 
 from imageloc.server.domain.model import Image, Location
 from imageloc.server.domain.ports import RecordedOutcome, RequestKey
-from imageloc.server.store.driver import Driver, Sql
+from imageloc.server.store.driver import Driver, Rider, Sql
 from imageloc.server.store.repository import (
     COLUMN_NAMES,
     image_columns,
@@ -39,6 +39,7 @@ class SqlRequestLog:
 
     def __init__(self, driver: Driver) -> None:
         self._driver = driver
+        self._expected: tuple[str, Rider] | None = None  # expect()'s lookup, riding
         self._encoded: tuple[Image, Any] | None = None
         #: PostgreSQL: the rows record() wrote, by log id, to be sent with COMMIT.
         self.pending: dict[str, tuple[Any, ...]] = {}
@@ -54,13 +55,24 @@ class SqlRequestLog:
 
     def find(self, log_id: str) -> RecordedOutcome | None:
         """The recorded outcome of the request with this RequestKey.log_id, or None."""
-        row = self._driver.row(_FIND, (log_id,))
+        expected, self._expected = self._expected, None
+        if expected is not None and expected[0] == log_id and expected[1].done:
+            rows = expected[1].rows
+            row = rows[0] if rows else None
+        else:
+            row = self._driver.row(_FIND, (log_id,))
         if row is None:
             return None
         fingerprint, outcome = row
         return RecordedOutcome(
             fingerprint=fingerprint, image=decode_image(self._driver.json_out(outcome))
         )
+
+    def expect(self, log_id: str) -> None:
+        """Send find(log_id)'s lookup with the next statements the driver sends together
+        (PostgreSQL's loop driver; elsewhere find looks it up itself)."""
+        rider = self._driver.ride(_FIND, (log_id,))
+        self._expected = None if rider is None else (log_id, rider)
 
     def record(self, key: RequestKey, image: Image, *, at: datetime.datetime) -> bool:
         """Record key's outcome; False when the id was recorded already (nothing written).
