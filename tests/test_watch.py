@@ -19,7 +19,7 @@ from imageloc.v1 import image_service_pb2 as pb
 from imageloc.v1 import image_service_pb2_grpc as pb_grpc
 
 from conftest import ServerFactory
-from support import location, make_image, migrate, refusal_from, refusal_of
+from support import BACKENDS, location, make_image, migrate, refusal_from, refusal_of
 
 URL_A = "https://store.example/a.img"
 URL_B = "rbd://fsid/pool/b/snap"
@@ -390,15 +390,17 @@ def test_a_stream_that_falls_behind_the_feed_is_ended_and_resumes_from_its_revis
     resumed.cancel()
 
 
+#: The database_url parameters of a test of PostgreSQL alone.
+POSTGRESQL_ONLY = [backend for backend in BACKENDS if backend != "sqlite"]
+
+
+@pytest.mark.parametrize("database_url", POSTGRESQL_ONLY, indirect=True)  # its LISTEN/NOTIFY
 def test_on_postgresql_a_commit_on_one_replica_wakes_the_watchers_of_another(
     server_factory: ServerFactory,
     channels: list[grpc.Channel],
     watchers: list[Watcher],
-    database_url: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    if not database_url.startswith("postgresql"):
-        pytest.skip("LISTEN/NOTIFY is PostgreSQL's")
     # Without the NOTIFY the other replica would read the log a minute later.
     monkeypatch.setattr("imageloc.server.app.POSTGRES_FEED_POLL_SECONDS", 60.0)
     writer, reader = (stub_of(server_factory(), channels) for _ in range(2))
