@@ -127,7 +127,7 @@ class SqlChangeLog:
         driver: Driver,
         *,
         encode: Callable[[Image], Any],
-        committed: CommittedHere | None = None,
+        committed: CommittedHere,
     ) -> None:
         self._driver = driver
         self._encode = encode  # an image as the JSON parameter (SqlRequestLog.encoded)
@@ -172,7 +172,7 @@ class SqlChangeLog:
         rows = self._driver.rows(_AFTER, (revision, limit))
         assert rows, "store_state has no row: the schema is not migrated"
         head = StoreHead(revision=int(rows[0][0]), compact_revision=int(rows[0][1]))
-        recall = _recall_nothing if self._committed is None else self._committed.recall
+        recall = self._committed.recall
         changes = [
             recall(number, kind, commit_time) or self._decoded(number, kind, image, commit_time)
             for _, _, number, kind, image, commit_time in rows
@@ -184,7 +184,7 @@ class SqlChangeLog:
         """The change of commit_statements has committed at revision (remembered, so as not
         to be decoded again)."""
         logging, self._logging = self._logging, None
-        if self._committed is not None and logging is not None:
+        if logging is not None:
             self._committed.remember(revision, *logging)
 
     def _decoded(self, number: Any, kind: str, image: Any, commit_time: Any) -> Change:
@@ -209,7 +209,3 @@ class SqlChangeLog:
         driver.count(_PRUNE, (int(newest),))
         driver.count(_COMPACT, (int(newest), int(newest)))
         return int(newest)
-
-
-def _recall_nothing(revision: int, kind: str, commit_time: Any) -> Change | None:
-    return None

@@ -78,11 +78,11 @@ class SqlUnitOfWork:
         engine: Engine,
         *,
         for_write: bool,
+        committed: CommittedHere,
         deadline: float | None = None,
         loop_connections: LoopConnections | None = None,
         on_lost: Callable[[], None] | None = None,
         one_statement: bool = False,
-        committed: CommittedHere | None = None,
     ) -> None:
         self._engine = engine
         self._committed_here = committed
@@ -361,7 +361,9 @@ class SqlStore:
         """
         # Off the event loop, in the maintenance thread: it may wait for the lock.
         deadline = time.monotonic() + 5
-        with SqlUnitOfWork(self.engine, for_write=True, deadline=deadline) as uow:
+        with SqlUnitOfWork(
+            self.engine, for_write=True, committed=self._committed, deadline=deadline
+        ) as uow:
             done = work(uow)
             uow.commit()
         return done

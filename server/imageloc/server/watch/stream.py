@@ -117,22 +117,24 @@ def _select(selected: _Selected[P], feed: ChangeFeed, ids: frozenset[str], piece
     changes = feed.since(selected.scanned)
     if not changes:
         return
-    for change in changes:
-        if not ids or change.image.id in ids:
-            made = piece(change)
-            if made is not None:
-                selected.revisions.append(change.revision)
-                selected.pieces.append(made)
+    for revision, made in _pieces(changes, ids, piece):
+        selected.revisions.append(revision)
+        selected.pieces.append(made)
     selected.scanned = changes[-1].revision
     if len(selected.revisions) > 2 * RING_SIZE:  # forget what fell out of the feed
         kept = bisect.bisect_right(selected.revisions, feed.oldest)
         del selected.revisions[:kept], selected.pieces[:kept]
 
 
-def _pieces(changes: Sequence[Change], ids: frozenset[str], piece: Piece[P]) -> list[P]:
-    """The pieces of the changes the watcher is sent."""
-    made = (piece(c) for c in changes if not ids or c.image.id in ids)
-    return [p for p in made if p is not None]
+def _pieces(
+    changes: Sequence[Change], ids: frozenset[str], piece: Piece[P]
+) -> Iterator[tuple[int, P]]:
+    """The revision and piece of each change the watcher is sent."""
+    for change in changes:
+        if not ids or change.image.id in ids:
+            made = piece(change)
+            if made is not None:
+                yield change.revision, made
 
 
 async def batches(
@@ -219,7 +221,7 @@ async def batches(
                 changes = changes[:MAX_BATCH]
                 caught_up_to = changes[-1].revision if changes else feed.oldest
                 position = max(position, caught_up_to)
-                pieces = _pieces(changes, ids, piece)
+                pieces = [made for _, made in _pieces(changes, ids, piece)]
                 response = render(pieces, position) if pieces else None
             if response is None and clock() - sent_at >= progress_due:
                 response = render((), position)  # nothing it sees, for a while
