@@ -148,6 +148,8 @@ BACKENDS: list[Any] = [
         ],
     ),
 ]
+#: The parameters of a fixture or test of PostgreSQL alone.
+POSTGRESQL_ONLY = BACKENDS[1:]
 
 
 @contextlib.contextmanager

@@ -24,7 +24,15 @@ from imageloc.v1 import image_service_pb2 as pb
 from imageloc.v1 import image_service_pb2_grpc as pb_grpc
 
 from processes import ServerProcess, start_server
-from support import POSTGRES_URL, fresh_database, location, make_image, migrate, refusal_of
+from support import (
+    POSTGRES_URL,
+    POSTGRESQL_ONLY,
+    fresh_database,
+    location,
+    make_image,
+    migrate,
+    refusal_of,
+)
 
 SERVICE_NAME = "imageloc.v1.ImageService"
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -155,12 +163,10 @@ class TcpProxy:
             upstream.close()
 
 
-@pytest.fixture
-def postgres_url(tmp_path: pathlib.Path) -> Iterator[str]:
+@pytest.fixture(params=POSTGRESQL_ONLY)
+def postgres_url(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Iterator[str]:
     """A migrated PostgreSQL schema of the test's own (SQLite, embedded, has no link to cut)."""
-    if not POSTGRES_URL:
-        pytest.skip("needs postgresql: set IMAGELOC_TEST_POSTGRES_URL")
-    with fresh_database("postgresql", tmp_path) as url:
+    with fresh_database(request.param, tmp_path) as url:
         migrate(url)
         yield url
 

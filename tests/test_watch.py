@@ -19,7 +19,7 @@ from imageloc.v1 import image_service_pb2 as pb
 from imageloc.v1 import image_service_pb2_grpc as pb_grpc
 
 from conftest import ServerFactory
-from support import BACKENDS, location, make_image, migrate, refusal_from, refusal_of
+from support import POSTGRESQL_ONLY, location, make_image, migrate, refusal_from, refusal_of
 
 URL_A = "https://store.example/a.img"
 URL_B = "rbd://fsid/pool/b/snap"
@@ -388,10 +388,6 @@ def test_a_stream_that_falls_behind_the_feed_is_ended_and_resumes_from_its_revis
             break
     assert [e.revision for e in events] == list(range(delivered + 1, first.revision + 601))
     resumed.cancel()
-
-
-#: The database_url parameters of a test of PostgreSQL alone.
-POSTGRESQL_ONLY = [backend for backend in BACKENDS if backend != "sqlite"]
 
 
 @pytest.mark.parametrize("database_url", POSTGRESQL_ONLY, indirect=True)  # its LISTEN/NOTIFY
