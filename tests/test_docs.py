@@ -7,8 +7,8 @@ import re
 
 from google.rpc import code_pb2
 
-from imageloc.server.domain.errors import Action, Reason
-from imageloc.server.rpc.errors import REASON_CODES, TRANSITION_HTTP_STATUS
+from imageloc.server.domain.errors import Reason
+from imageloc.server.rpc.errors import ACTION_HTTP_STATUS, REASON_CODES
 
 ERRORS_DOC = pathlib.Path(__file__).resolve().parents[1] / "docs" / "errors.md"
 ROW = re.compile(r"^\|[^|]+\| ([A-Z_]+) \| ([A-Z_]+) \| (\d{3}) \|$")
@@ -26,9 +26,7 @@ def documented_rows() -> set[tuple[str, str, int]]:
 def test_every_reason_is_documented_with_its_code_and_http_status() -> None:
     rows = documented_rows()
     for reason, (code, http_status) in REASON_CODES.items():
-        statuses = {http_status}
-        if reason is Reason.INVALID_TRANSITION:
-            statuses |= set(TRANSITION_HTTP_STATUS.values())
+        statuses = {http_status} | {s for (r, _), s in ACTION_HTTP_STATUS.items() if r is reason}
         for status in statuses:
             assert (str(reason), code_pb2.Code.Name(code), status) in rows
 
@@ -39,7 +37,7 @@ def test_no_documented_row_contradicts_the_server() -> None:
             continue
         expected_code, default_status = REASON_CODES[Reason(reason)]
         assert code == code_pb2.Code.Name(expected_code)
-        allowed = {default_status}
-        if reason == Reason.INVALID_TRANSITION:
-            allowed |= {TRANSITION_HTTP_STATUS[a] for a in (Action.DEACTIVATE, Action.DELETE)}
+        allowed = {default_status} | {
+            status for (r, _), status in ACTION_HTTP_STATUS.items() if r == reason
+        }
         assert http_status in allowed

@@ -19,6 +19,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf.field_mask_pb2 import FieldMask
 
 from imageloc.server.app import build_server
 from imageloc.server.config import Settings
@@ -140,6 +141,13 @@ OK, DENIED, HIDDEN, UNAUTH = "ok", "denied", "not-found", "unauthenticated"
 Builder = Callable[[str], Any]
 RPCS: dict[str, tuple[str, Builder, str]] = {
     "GetImage": ("active", lambda i: pb.GetImageRequest(image_id=i), "get_image"),
+    "UpdateImage": (
+        "active",
+        lambda i: pb.UpdateImageRequest(
+            image=pb.Image(id=i, name="renamed"), update_mask=FieldMask(paths=["name"])
+        ),
+        "modify_image",
+    ),
     "DeleteImage": ("active", lambda i: pb.DeleteImageRequest(image_id=i), "delete_image"),
     "BeginUpload": ("queued", lambda i: pb.BeginUploadRequest(image_id=i), "upload_image"),
     "CompleteUpload": (
@@ -299,6 +307,26 @@ def test_a_member_shares_with_the_community(stubs: dict[str, pb_grpc.ImageServic
         .image
     )
     assert image.visibility == pb.IMAGE_VISIBILITY_COMMUNITY
+
+
+def test_making_an_image_public_through_an_update_takes_publicize_image(
+    stubs: dict[str, pb_grpc.ImageServiceStub],
+) -> None:
+    image = stubs["member"].CreateImage(pb.CreateImageRequest(name="x")).image
+
+    def make(persona: str, visibility: pb.ImageVisibility.ValueType) -> pb.Image:
+        request = pb.UpdateImageRequest(
+            image=pb.Image(id=image.id, visibility=visibility),
+            update_mask=FieldMask(paths=["visibility"]),
+        )
+        return stubs[persona].UpdateImage(request).image
+
+    refusal = refusal_of(lambda: make("member", pb.IMAGE_VISIBILITY_PUBLIC))
+    assert refusal.code == grpc.StatusCode.PERMISSION_DENIED
+    assert refusal.info.metadata["policy"] == "publicize_image"
+    assert make("member", pb.IMAGE_VISIBILITY_COMMUNITY).visibility == pb.IMAGE_VISIBILITY_COMMUNITY
+    assert make("admin", pb.IMAGE_VISIBILITY_PUBLIC).visibility == pb.IMAGE_VISIBILITY_PUBLIC
+    assert make("member", pb.IMAGE_VISIBILITY_PRIVATE).visibility == pb.IMAGE_VISIBILITY_PRIVATE
 
 
 def _listed(stub: pb_grpc.ImageServiceStub, **filters: Any) -> set[str]:

@@ -172,6 +172,7 @@ def build_server(settings: Settings) -> Server:
         store.unit_of_work,
         policy=settings.location_policy,
         delayed_delete=settings.delayed_delete,
+        limits=settings.record_limits,
     )
     calls: StoreCalls = (
         InlineCalls(max_wait_seconds=SQLITE_BUSY_TIMEOUT_MS / 1000, durable=store.durable)

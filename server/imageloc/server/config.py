@@ -8,6 +8,7 @@ import os
 from collections.abc import Mapping
 
 from imageloc.server.domain.policy import DEFAULT_SCHEMES, LocationPolicy
+from imageloc.server.domain.record import RecordLimits
 
 
 class ConfigError(ValueError):
@@ -25,6 +26,9 @@ class Settings:
     listen: str = DEFAULT_LISTEN
     database_url: str = DEFAULT_DATABASE
     location_quota: int = 10
+    # Glance's image_property_quota and image_tag_quota; negative means unlimited.
+    property_quota: int = 128
+    tag_quota: int = 128
     delayed_delete: bool = False
     location_schemes: frozenset[str] = DEFAULT_SCHEMES
     hashing_algorithm: str = "sha512"
@@ -88,6 +92,11 @@ class Settings:
             hashing_algorithm=self.hashing_algorithm,
         )
 
+    @property
+    def record_limits(self) -> RecordLimits:
+        """The limits the record's rules read."""
+        return RecordLimits(property_quota=self.property_quota, tag_quota=self.tag_quota)
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Settings from IMAGELOC_* variables, defaults for the rest."""
@@ -98,6 +107,8 @@ class Settings:
             listen=env.get("IMAGELOC_LISTEN", base.listen),
             database_url=env.get("IMAGELOC_DATABASE", base.database_url),
             location_quota=int(env.get("IMAGELOC_LOCATION_QUOTA", base.location_quota)),
+            property_quota=int(env.get("IMAGELOC_PROPERTY_QUOTA", base.property_quota)),
+            tag_quota=int(env.get("IMAGELOC_TAG_QUOTA", base.tag_quota)),
             delayed_delete=parse_bool(env.get("IMAGELOC_DELAYED_DELETE", "false")),
             location_schemes=parse_schemes(schemes) if schemes else base.location_schemes,
             hashing_algorithm=env.get("IMAGELOC_HASHING_ALGORITHM", base.hashing_algorithm),

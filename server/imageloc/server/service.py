@@ -16,9 +16,9 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
-from imageloc.server.domain import inputs, locations, status
+from imageloc.server.domain import inputs, locations, record, status
 from imageloc.server.domain.access import UNRESTRICTED, CallerAccess
 from imageloc.server.domain.errors import DomainError, Reason, image_not_found
 from imageloc.server.domain.model import (
@@ -41,6 +41,7 @@ from imageloc.server.domain.ports import (
     UnitOfWork,
     UnitOfWorkFactory,
 )
+from imageloc.server.domain.record import ImageUpdate, RecordLimits
 from imageloc.server.domain.validation import check_validation_data_shape
 
 #: A decision: the image as loaded -> the image to save (the same one for a no-op).
@@ -91,9 +92,11 @@ class ImageService:
         deadline: float | None = None,
         request: RequestKey | None = None,
         access: CallerAccess = UNRESTRICTED,
+        limits: RecordLimits = record.DEFAULT_LIMITS,
     ) -> None:
         self._uow = unit_of_work
         self._policy = policy
+        self._limits = limits
         self._delayed_delete = delayed_delete
         self._clock = clock
         self._deadline = deadline
@@ -127,6 +130,7 @@ class ImageService:
             deadline=None if seconds_left is None else time.monotonic() + seconds_left,
             request=request,
             access=access,
+            limits=self._limits,
         )
 
     # Reads
@@ -185,6 +189,12 @@ class ImageService:
         protected: bool = False,
         image_id: str | None = None,
         owner: str | None = None,
+        min_disk: int = 0,
+        min_ram: int = 0,
+        tags: Sequence[str] = (),
+        os_hidden: bool = False,
+        virtual_size: int | None = None,
+        properties: Mapping[str, str] | None = None,
     ) -> Image:
         """A new queued image; IMAGE_EXISTS when the id is taken, even by a deleted one.
 
@@ -213,6 +223,12 @@ class ImageService:
             visibility=visibility,
             owner=owner,
             protected=protected,
+            min_disk=record.check_minimum(min_disk, field="min_disk"),
+            min_ram=record.check_minimum(min_ram, field="min_ram"),
+            tags=record.checked_tags(tags, limits=self._limits),
+            os_hidden=os_hidden,
+            virtual_size=record.check_virtual_size(virtual_size),
+            properties=record.checked_properties(properties or {}, limits=self._limits),
         )
         for _ in range(MAX_WRITE_ATTEMPTS):
             self._check_deadline(new_id)
@@ -233,6 +249,18 @@ class ImageService:
                 if self._record(uow, image):
                     return self._commit(uow, None, image, now)
         raise ConcurrentUpdateError(f"request {self._request} kept colliding")
+
+    def update_image(self, image_id: str, update: ImageUpdate, *, etag: str | None = None) -> Image:
+        """Set the record fields update names; a new visibility asks its own policy too."""
+        update = record.checked_update(update, limits=self._limits)
+
+        def decide(image: Image) -> Image:
+            updated = record.apply_update(image, update, limits=self._limits)
+            if updated.visibility is not image.visibility:
+                self._access.authorize_visibility(image, updated.visibility)
+            return updated
+
+        return self._mutate(image_id, etag, decide)
 
     def delete_image(self, image_id: str, *, etag: str | None = None) -> Image:
         """-> deleted, or pending_delete under delayed delete for an active image with locations."""

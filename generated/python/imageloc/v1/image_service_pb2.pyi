@@ -13,6 +13,7 @@ status Glance answers for the same refusal). docs/errors.md tabulates them.
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
@@ -205,6 +206,26 @@ class Image(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class PropertiesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ID_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
@@ -223,6 +244,12 @@ class Image(_message.Message):
     ETAG_FIELD_NUMBER: _builtins.int
     LOCATIONS_HIDDEN_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
+    MIN_DISK_FIELD_NUMBER: _builtins.int
+    MIN_RAM_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    OS_HIDDEN_FIELD_NUMBER: _builtins.int
+    VIRTUAL_SIZE_FIELD_NUMBER: _builtins.int
+    PROPERTIES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The image id, a UUID in canonical lowercase form."""
     name: _builtins.str
@@ -262,6 +289,14 @@ class Image(_message.Message):
     """The store revision of the image's last change (WatchImages): strictly
     increasing across the whole store, in commit order.
     """
+    min_disk: _builtins.int
+    """The disk space in GB the image needs to boot; 0 when none is set."""
+    min_ram: _builtins.int
+    """The memory in MB the image needs to boot; 0 when none is set."""
+    os_hidden: _builtins.bool
+    """A hidden image is left out of ListImages unless it asks for hidden ones."""
+    virtual_size: _builtins.int
+    """The size of the disk the data unpacks to, in bytes; absent while unknown."""
     @_builtins.property
     def locations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Location]:
         """The locations, in the order they were set."""
@@ -273,6 +308,18 @@ class Image(_message.Message):
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """When the image last changed."""
+
+    @_builtins.property
+    def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Free-form tags, each at most 255 characters, in the order first given,
+        without repeats.
+        """
+
+    @_builtins.property
+    def properties(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Glance's extra properties (hw_disk_bus, os_distro, ...): keys of 1 to 255
+        characters, values of at most 65535, at most 128 per image by default.
+        """
 
     def __init__(
         self,
@@ -295,12 +342,20 @@ class Image(_message.Message):
         etag: _builtins.str = ...,
         locations_hidden: _builtins.bool = ...,
         revision: _builtins.int = ...,
+        min_disk: _builtins.int = ...,
+        min_ram: _builtins.int = ...,
+        tags: _abc.Iterable[_builtins.str] | None = ...,
+        os_hidden: _builtins.bool = ...,
+        virtual_size: _builtins.int | None = ...,
+        properties: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_virtual_size", b"_virtual_size", "create_time", b"create_time", "update_time", b"update_time", "virtual_size", b"virtual_size"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checksum", b"checksum", "container_format", b"container_format", "create_time", b"create_time", "disk_format", b"disk_format", "etag", b"etag", "id", b"id", "locations", b"locations", "locations_hidden", b"locations_hidden", "name", b"name", "os_hash_algo", b"os_hash_algo", "os_hash_value", b"os_hash_value", "owner", b"owner", "protected", b"protected", "revision", b"revision", "size", b"size", "status", b"status", "update_time", b"update_time", "visibility", b"visibility"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_virtual_size", b"_virtual_size", "checksum", b"checksum", "container_format", b"container_format", "create_time", b"create_time", "disk_format", b"disk_format", "etag", b"etag", "id", b"id", "locations", b"locations", "locations_hidden", b"locations_hidden", "min_disk", b"min_disk", "min_ram", b"min_ram", "name", b"name", "os_hash_algo", b"os_hash_algo", "os_hash_value", b"os_hash_value", "os_hidden", b"os_hidden", "owner", b"owner", "properties", b"properties", "protected", b"protected", "revision", b"revision", "size", b"size", "status", b"status", "tags", b"tags", "update_time", b"update_time", "virtual_size", b"virtual_size", "visibility", b"visibility"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__virtual_size: _TypeAlias = _typing.Literal["virtual_size"]  # noqa: Y015
+    _WhichOneofArgType__virtual_size: _TypeAlias = _typing.Literal["_virtual_size", b"_virtual_size"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__virtual_size) -> _WhichOneofReturnType__virtual_size | None: ...
 
 Global___Image: _TypeAlias = Image  # noqa: Y015
 
@@ -310,6 +365,26 @@ class CreateImageRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class PropertiesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NAME_FIELD_NUMBER: _builtins.int
     DISK_FORMAT_FIELD_NUMBER: _builtins.int
     CONTAINER_FORMAT_FIELD_NUMBER: _builtins.int
@@ -318,6 +393,12 @@ class CreateImageRequest(_message.Message):
     ID_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     OWNER_FIELD_NUMBER: _builtins.int
+    MIN_DISK_FIELD_NUMBER: _builtins.int
+    MIN_RAM_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    OS_HIDDEN_FIELD_NUMBER: _builtins.int
+    VIRTUAL_SIZE_FIELD_NUMBER: _builtins.int
+    PROPERTIES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """A display name, at most 255 characters."""
     disk_format: _builtins.str
@@ -343,6 +424,25 @@ class CreateImageRequest(_message.Message):
     Only an admin may name another project (PERMISSION_DENIED POLICY_DENIED
     otherwise).
     """
+    min_disk: _builtins.int
+    """The disk space in GB the image needs to boot (0 to 2^31-1)."""
+    min_ram: _builtins.int
+    """The memory in MB the image needs to boot (0 to 2^31-1)."""
+    os_hidden: _builtins.bool
+    """Leave the image out of default listings."""
+    virtual_size: _builtins.int
+    """The size of the disk the data unpacks to, in bytes."""
+    @_builtins.property
+    def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Tags (Image.tags); a repeat is kept once."""
+
+    @_builtins.property
+    def properties(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Extra properties (Image.properties). A key that names one of the image's
+        own fields, or starts with os_glance, is INVALID_ARGUMENT
+        RESERVED_PROPERTY.
+        """
+
     def __init__(
         self,
         *,
@@ -354,19 +454,29 @@ class CreateImageRequest(_message.Message):
         id: _builtins.str | None = ...,
         request_id: _builtins.str = ...,
         owner: _builtins.str | None = ...,
+        min_disk: _builtins.int = ...,
+        min_ram: _builtins.int = ...,
+        tags: _abc.Iterable[_builtins.str] | None = ...,
+        os_hidden: _builtins.bool = ...,
+        virtual_size: _builtins.int | None = ...,
+        properties: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_id", b"_id", "_owner", b"_owner", "id", b"id", "owner", b"owner"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_id", b"_id", "_owner", b"_owner", "_virtual_size", b"_virtual_size", "id", b"id", "owner", b"owner", "virtual_size", b"virtual_size"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_id", b"_id", "_owner", b"_owner", "container_format", b"container_format", "disk_format", b"disk_format", "id", b"id", "name", b"name", "owner", b"owner", "protected", b"protected", "request_id", b"request_id", "visibility", b"visibility"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_id", b"_id", "_owner", b"_owner", "_virtual_size", b"_virtual_size", "container_format", b"container_format", "disk_format", b"disk_format", "id", b"id", "min_disk", b"min_disk", "min_ram", b"min_ram", "name", b"name", "os_hidden", b"os_hidden", "owner", b"owner", "properties", b"properties", "protected", b"protected", "request_id", b"request_id", "tags", b"tags", "virtual_size", b"virtual_size", "visibility", b"visibility"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__id: _TypeAlias = _typing.Literal["id"]  # noqa: Y015
     _WhichOneofArgType__id: _TypeAlias = _typing.Literal["_id", b"_id"]  # noqa: Y015
     _WhichOneofReturnType__owner: _TypeAlias = _typing.Literal["owner"]  # noqa: Y015
     _WhichOneofArgType__owner: _TypeAlias = _typing.Literal["_owner", b"_owner"]  # noqa: Y015
+    _WhichOneofReturnType__virtual_size: _TypeAlias = _typing.Literal["virtual_size"]  # noqa: Y015
+    _WhichOneofArgType__virtual_size: _TypeAlias = _typing.Literal["_virtual_size", b"_virtual_size"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__id) -> _WhichOneofReturnType__id | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__owner) -> _WhichOneofReturnType__owner | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__virtual_size) -> _WhichOneofReturnType__virtual_size | None: ...
 
 Global___CreateImageRequest: _TypeAlias = CreateImageRequest  # noqa: Y015
 
@@ -393,6 +503,74 @@ class CreateImageResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CreateImageResponse: _TypeAlias = CreateImageResponse  # noqa: Y015
+
+@_typing.final
+class UpdateImageRequest(_message.Message):
+    """UpdateImageRequest is the request of UpdateImage."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IMAGE_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    etag: _builtins.str
+    """Change only if the image's etag is still this one."""
+    request_id: _builtins.str
+    """Makes the request idempotent (AIP-155): a UUID the caller picks once per
+    logical request and sends again on every retry of it. A retry returns the
+    first outcome without applying the change twice; the same id with a
+    different request is INVALID_ARGUMENT REQUEST_ID_REUSED. Empty: none.
+    """
+    @_builtins.property
+    def image(self) -> Global___Image:
+        """The image's id, and the new values of the fields update_mask names."""
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """The fields to set (paths as in UpdateImage); required."""
+
+    def __init__(
+        self,
+        *,
+        image: Global___Image | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+        etag: _builtins.str | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_etag", b"_etag", "etag", b"etag", "image", b"image", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_etag", b"_etag", "etag", b"etag", "image", b"image", "request_id", b"request_id", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__etag: _TypeAlias = _typing.Literal["etag"]  # noqa: Y015
+    _WhichOneofArgType__etag: _TypeAlias = _typing.Literal["_etag", b"_etag"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__etag) -> _WhichOneofReturnType__etag | None: ...
+
+Global___UpdateImageRequest: _TypeAlias = UpdateImageRequest  # noqa: Y015
+
+@_typing.final
+class UpdateImageResponse(_message.Message):
+    """UpdateImageResponse is the response of UpdateImage."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IMAGE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def image(self) -> Global___Image:
+        """The image after the change."""
+
+    def __init__(
+        self,
+        *,
+        image: Global___Image | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["image", b"image"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["image", b"image"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateImageResponse: _TypeAlias = UpdateImageResponse  # noqa: Y015
 
 @_typing.final
 class GetImageRequest(_message.Message):

@@ -46,6 +46,11 @@ class ImageServiceStub:
                 request_serializer=imageloc_dot_v1_dot_image__service__pb2.CreateImageRequest.SerializeToString,
                 response_deserializer=imageloc_dot_v1_dot_image__service__pb2.CreateImageResponse.FromString,
                 _registered_method=True)
+        self.UpdateImage = channel.unary_unary(
+                '/imageloc.v1.ImageService/UpdateImage',
+                request_serializer=imageloc_dot_v1_dot_image__service__pb2.UpdateImageRequest.SerializeToString,
+                response_deserializer=imageloc_dot_v1_dot_image__service__pb2.UpdateImageResponse.FromString,
+                _registered_method=True)
         self.GetImage = channel.unary_unary(
                 '/imageloc.v1.ImageService/GetImage',
                 request_serializer=imageloc_dot_v1_dot_image__service__pb2.GetImageRequest.SerializeToString,
@@ -130,9 +135,33 @@ class ImageServiceServicer:
 
     def CreateImage(self, request, context):
         """CreateImage registers a new image in status QUEUED.
-        Errors: INVALID_ARGUMENT INVALID_REQUEST (bad id, name, format or
-        visibility); ALREADY_EXISTS IMAGE_EXISTS (the id is taken, also by a
-        deleted image).
+        Errors: INVALID_ARGUMENT INVALID_REQUEST (bad id, name, format,
+        visibility, min_disk, min_ram, tag or property); INVALID_ARGUMENT
+        RESERVED_PROPERTY; RESOURCE_EXHAUSTED PROPERTY_QUOTA_EXCEEDED or
+        TAG_QUOTA_EXCEEDED; ALREADY_EXISTS IMAGE_EXISTS (the id is taken, also by
+        a deleted image).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateImage(self, request, context):
+        """UpdateImage changes an image's record (AIP-134): the fields named in
+        update_mask take their values from `image`, whose id says which image.
+        Paths: name, disk_format, container_format, visibility, protected,
+        min_disk, min_ram, tags, os_hidden, virtual_size, properties (the whole
+        map) and properties.KEY (one property; absent from image.properties
+        removes it). disk_format and container_format change only while the
+        image is queued. Policy modify_image; making an image public or
+        community also needs publicize_image or communitize_image.
+        Errors: INVALID_ARGUMENT READ_ONLY_FIELD (status, locations, size,
+        checksum, os_hash_algo, os_hash_value, owner, id, times, etag, revision:
+        metadata `field`); INVALID_ARGUMENT INVALID_REQUEST (no mask, an unknown
+        path, a bad value); INVALID_ARGUMENT RESERVED_PROPERTY (a property key
+        that names an image field or starts with os_glance); RESOURCE_EXHAUSTED
+        PROPERTY_QUOTA_EXCEEDED or TAG_QUOTA_EXCEEDED; FAILED_PRECONDITION
+        IMAGE_STATUS_CONFLICT (a format of an image that is not queued); ABORTED
+        ETAG_MISMATCH.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -303,6 +332,11 @@ def add_ImageServiceServicer_to_server(servicer, server):
                     request_deserializer=imageloc_dot_v1_dot_image__service__pb2.CreateImageRequest.FromString,
                     response_serializer=imageloc_dot_v1_dot_image__service__pb2.CreateImageResponse.SerializeToString,
             ),
+            'UpdateImage': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateImage,
+                    request_deserializer=imageloc_dot_v1_dot_image__service__pb2.UpdateImageRequest.FromString,
+                    response_serializer=imageloc_dot_v1_dot_image__service__pb2.UpdateImageResponse.SerializeToString,
+            ),
             'GetImage': grpc.unary_unary_rpc_method_handler(
                     servicer.GetImage,
                     request_deserializer=imageloc_dot_v1_dot_image__service__pb2.GetImageRequest.FromString,
@@ -408,6 +442,33 @@ class ImageService:
             '/imageloc.v1.ImageService/CreateImage',
             imageloc_dot_v1_dot_image__service__pb2.CreateImageRequest.SerializeToString,
             imageloc_dot_v1_dot_image__service__pb2.CreateImageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateImage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imageloc.v1.ImageService/UpdateImage',
+            imageloc_dot_v1_dot_image__service__pb2.UpdateImageRequest.SerializeToString,
+            imageloc_dot_v1_dot_image__service__pb2.UpdateImageResponse.FromString,
             options,
             channel_credentials,
             insecure,

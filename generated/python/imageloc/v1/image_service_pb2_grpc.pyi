@@ -50,9 +50,29 @@ class ImageServiceStub:
     def __new__(cls, channel: _aio.Channel) -> ImageServiceAsyncStub: ...
     CreateImage: _grpc.UnaryUnaryMultiCallable[_image_service_pb2.CreateImageRequest, _image_service_pb2.CreateImageResponse]
     """CreateImage registers a new image in status QUEUED.
-    Errors: INVALID_ARGUMENT INVALID_REQUEST (bad id, name, format or
-    visibility); ALREADY_EXISTS IMAGE_EXISTS (the id is taken, also by a
-    deleted image).
+    Errors: INVALID_ARGUMENT INVALID_REQUEST (bad id, name, format,
+    visibility, min_disk, min_ram, tag or property); INVALID_ARGUMENT
+    RESERVED_PROPERTY; RESOURCE_EXHAUSTED PROPERTY_QUOTA_EXCEEDED or
+    TAG_QUOTA_EXCEEDED; ALREADY_EXISTS IMAGE_EXISTS (the id is taken, also by
+    a deleted image).
+    """
+    UpdateImage: _grpc.UnaryUnaryMultiCallable[_image_service_pb2.UpdateImageRequest, _image_service_pb2.UpdateImageResponse]
+    """UpdateImage changes an image's record (AIP-134): the fields named in
+    update_mask take their values from `image`, whose id says which image.
+    Paths: name, disk_format, container_format, visibility, protected,
+    min_disk, min_ram, tags, os_hidden, virtual_size, properties (the whole
+    map) and properties.KEY (one property; absent from image.properties
+    removes it). disk_format and container_format change only while the
+    image is queued. Policy modify_image; making an image public or
+    community also needs publicize_image or communitize_image.
+    Errors: INVALID_ARGUMENT READ_ONLY_FIELD (status, locations, size,
+    checksum, os_hash_algo, os_hash_value, owner, id, times, etag, revision:
+    metadata `field`); INVALID_ARGUMENT INVALID_REQUEST (no mask, an unknown
+    path, a bad value); INVALID_ARGUMENT RESERVED_PROPERTY (a property key
+    that names an image field or starts with os_glance); RESOURCE_EXHAUSTED
+    PROPERTY_QUOTA_EXCEEDED or TAG_QUOTA_EXCEEDED; FAILED_PRECONDITION
+    IMAGE_STATUS_CONFLICT (a format of an image that is not queued); ABORTED
+    ETAG_MISMATCH.
     """
     GetImage: _grpc.UnaryUnaryMultiCallable[_image_service_pb2.GetImageRequest, _image_service_pb2.GetImageResponse]
     """GetImage returns one image.
@@ -170,9 +190,29 @@ class ImageServiceAsyncStub(ImageServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateImage: _aio.UnaryUnaryMultiCallable[_image_service_pb2.CreateImageRequest, _image_service_pb2.CreateImageResponse]  # type: ignore[assignment]
     """CreateImage registers a new image in status QUEUED.
-    Errors: INVALID_ARGUMENT INVALID_REQUEST (bad id, name, format or
-    visibility); ALREADY_EXISTS IMAGE_EXISTS (the id is taken, also by a
-    deleted image).
+    Errors: INVALID_ARGUMENT INVALID_REQUEST (bad id, name, format,
+    visibility, min_disk, min_ram, tag or property); INVALID_ARGUMENT
+    RESERVED_PROPERTY; RESOURCE_EXHAUSTED PROPERTY_QUOTA_EXCEEDED or
+    TAG_QUOTA_EXCEEDED; ALREADY_EXISTS IMAGE_EXISTS (the id is taken, also by
+    a deleted image).
+    """
+    UpdateImage: _aio.UnaryUnaryMultiCallable[_image_service_pb2.UpdateImageRequest, _image_service_pb2.UpdateImageResponse]  # type: ignore[assignment]
+    """UpdateImage changes an image's record (AIP-134): the fields named in
+    update_mask take their values from `image`, whose id says which image.
+    Paths: name, disk_format, container_format, visibility, protected,
+    min_disk, min_ram, tags, os_hidden, virtual_size, properties (the whole
+    map) and properties.KEY (one property; absent from image.properties
+    removes it). disk_format and container_format change only while the
+    image is queued. Policy modify_image; making an image public or
+    community also needs publicize_image or communitize_image.
+    Errors: INVALID_ARGUMENT READ_ONLY_FIELD (status, locations, size,
+    checksum, os_hash_algo, os_hash_value, owner, id, times, etag, revision:
+    metadata `field`); INVALID_ARGUMENT INVALID_REQUEST (no mask, an unknown
+    path, a bad value); INVALID_ARGUMENT RESERVED_PROPERTY (a property key
+    that names an image field or starts with os_glance); RESOURCE_EXHAUSTED
+    PROPERTY_QUOTA_EXCEEDED or TAG_QUOTA_EXCEEDED; FAILED_PRECONDITION
+    IMAGE_STATUS_CONFLICT (a format of an image that is not queued); ABORTED
+    ETAG_MISMATCH.
     """
     GetImage: _aio.UnaryUnaryMultiCallable[_image_service_pb2.GetImageRequest, _image_service_pb2.GetImageResponse]  # type: ignore[assignment]
     """GetImage returns one image.
@@ -293,9 +333,35 @@ class ImageServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_image_service_pb2.CreateImageResponse, _abc.Awaitable[_image_service_pb2.CreateImageResponse]]:
         """CreateImage registers a new image in status QUEUED.
-        Errors: INVALID_ARGUMENT INVALID_REQUEST (bad id, name, format or
-        visibility); ALREADY_EXISTS IMAGE_EXISTS (the id is taken, also by a
-        deleted image).
+        Errors: INVALID_ARGUMENT INVALID_REQUEST (bad id, name, format,
+        visibility, min_disk, min_ram, tag or property); INVALID_ARGUMENT
+        RESERVED_PROPERTY; RESOURCE_EXHAUSTED PROPERTY_QUOTA_EXCEEDED or
+        TAG_QUOTA_EXCEEDED; ALREADY_EXISTS IMAGE_EXISTS (the id is taken, also by
+        a deleted image).
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateImage(
+        self,
+        request: _image_service_pb2.UpdateImageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_image_service_pb2.UpdateImageResponse, _abc.Awaitable[_image_service_pb2.UpdateImageResponse]]:
+        """UpdateImage changes an image's record (AIP-134): the fields named in
+        update_mask take their values from `image`, whose id says which image.
+        Paths: name, disk_format, container_format, visibility, protected,
+        min_disk, min_ram, tags, os_hidden, virtual_size, properties (the whole
+        map) and properties.KEY (one property; absent from image.properties
+        removes it). disk_format and container_format change only while the
+        image is queued. Policy modify_image; making an image public or
+        community also needs publicize_image or communitize_image.
+        Errors: INVALID_ARGUMENT READ_ONLY_FIELD (status, locations, size,
+        checksum, os_hash_algo, os_hash_value, owner, id, times, etag, revision:
+        metadata `field`); INVALID_ARGUMENT INVALID_REQUEST (no mask, an unknown
+        path, a bad value); INVALID_ARGUMENT RESERVED_PROPERTY (a property key
+        that names an image field or starts with os_glance); RESOURCE_EXHAUSTED
+        PROPERTY_QUOTA_EXCEEDED or TAG_QUOTA_EXCEEDED; FAILED_PRECONDITION
+        IMAGE_STATUS_CONFLICT (a format of an image that is not queued); ABORTED
+        ETAG_MISMATCH.
         """
 
     @_abc_1.abstractmethod

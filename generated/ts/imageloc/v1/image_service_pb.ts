@@ -13,15 +13,15 @@
 
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { Timestamp } from "@bufbuild/protobuf/wkt";
-import { file_google_protobuf_struct, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { FieldMask, Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_field_mask, file_google_protobuf_struct, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { JsonObject, Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file imageloc/v1/image_service.proto.
  */
 export const file_imageloc_v1_image_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch9pbWFnZWxvYy92MS9pbWFnZV9zZXJ2aWNlLnByb3RvEgtpbWFnZWxvYy52MSJCCghMb2NhdGlvbhILCgN1cmwYASABKAkSKQoIbWV0YWRhdGEYAiABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0Ik8KDlZhbGlkYXRpb25EYXRhEhAKCGNoZWNrc3VtGAEgASgJEhQKDG9zX2hhc2hfYWxnbxgCIAEoCRIVCg1vc19oYXNoX3ZhbHVlGAMgASgJIuEDCgVJbWFnZRIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEigKBnN0YXR1cxgDIAEoDjIYLmltYWdlbG9jLnYxLkltYWdlU3RhdHVzEigKCWxvY2F0aW9ucxgEIAMoCzIVLmltYWdlbG9jLnYxLkxvY2F0aW9uEgwKBHNpemUYBSABKAMSEAoIY2hlY2tzdW0YBiABKAkSFAoMb3NfaGFzaF9hbGdvGAcgASgJEhUKDW9zX2hhc2hfdmFsdWUYCCABKAkSEwoLZGlza19mb3JtYXQYCSABKAkSGAoQY29udGFpbmVyX2Zvcm1hdBgKIAEoCRIwCgp2aXNpYmlsaXR5GAsgASgOMhwuaW1hZ2Vsb2MudjEuSW1hZ2VWaXNpYmlsaXR5Eg0KBW93bmVyGAwgASgJEhEKCXByb3RlY3RlZBgNIAEoCBIvCgtjcmVhdGVfdGltZRgOIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYDyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEgwKBGV0YWcYECABKAkSGAoQbG9jYXRpb25zX2hpZGRlbhgRIAEoCBIQCghyZXZpc2lvbhgSIAEoAyLgAQoSQ3JlYXRlSW1hZ2VSZXF1ZXN0EgwKBG5hbWUYASABKAkSEwoLZGlza19mb3JtYXQYAiABKAkSGAoQY29udGFpbmVyX2Zvcm1hdBgDIAEoCRIwCgp2aXNpYmlsaXR5GAQgASgOMhwuaW1hZ2Vsb2MudjEuSW1hZ2VWaXNpYmlsaXR5EhEKCXByb3RlY3RlZBgFIAEoCBIPCgJpZBgGIAEoCUgAiAEBEhIKCnJlcXVlc3RfaWQYByABKAkSEgoFb3duZXIYCCABKAlIAYgBAUIFCgNfaWRCCAoGX293bmVyIjgKE0NyZWF0ZUltYWdlUmVzcG9uc2USIQoFaW1hZ2UYASABKAsyEi5pbWFnZWxvYy52MS5JbWFnZSIjCg9HZXRJbWFnZVJlcXVlc3QSEAoIaW1hZ2VfaWQYASABKAkiNQoQR2V0SW1hZ2VSZXNwb25zZRIhCgVpbWFnZRgBIAEoCzISLmltYWdlbG9jLnYxLkltYWdlIroBChFMaXN0SW1hZ2VzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRItCgZzdGF0dXMYAyABKA4yGC5pbWFnZWxvYy52MS5JbWFnZVN0YXR1c0gAiAEBEjUKCnZpc2liaWxpdHkYBCABKA4yHC5pbWFnZWxvYy52MS5JbWFnZVZpc2liaWxpdHlIAYgBAUIJCgdfc3RhdHVzQg0KC192aXNpYmlsaXR5ImMKEkxpc3RJbWFnZXNSZXNwb25zZRIiCgZpbWFnZXMYASADKAsyEi5pbWFnZWxvYy52MS5JbWFnZRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkSEAoIcmV2aXNpb24YAyABKAMiVgoSRGVsZXRlSW1hZ2VSZXF1ZXN0EhAKCGltYWdlX2lkGAEgASgJEhEKBGV0YWcYAiABKAlIAIgBARISCgpyZXF1ZXN0X2lkGAMgASgJQgcKBV9ldGFnIjgKE0RlbGV0ZUltYWdlUmVzcG9uc2USIQoFaW1hZ2UYASABKAsyEi5pbWFnZWxvYy52MS5JbWFnZSJWChJCZWdpblVwbG9hZFJlcXVlc3QSEAoIaW1hZ2VfaWQYASABKAkSEQoEZXRhZxgCIAEoCUgAiAEBEhIKCnJlcXVlc3RfaWQYAyABKAlCBwoFX2V0YWciOAoTQmVnaW5VcGxvYWRSZXNwb25zZRIhCgVpbWFnZRgBIAEoCzISLmltYWdlbG9jLnYxLkltYWdlIs8BChVDb21wbGV0ZVVwbG9hZFJlcXVlc3QSEAoIaW1hZ2VfaWQYASABKAkSJwoIbG9jYXRpb24YAiABKAsyFS5pbWFnZWxvYy52MS5Mb2NhdGlvbhIMCgRzaXplGAMgASgDEhAKCGNoZWNrc3VtGAQgASgJEhQKDG9zX2hhc2hfYWxnbxgFIAEoCRIVCg1vc19oYXNoX3ZhbHVlGAYgASgJEhEKBGV0YWcYByABKAlIAIgBARISCgpyZXF1ZXN0X2lkGAggASgJQgcKBV9ldGFnIjsKFkNvbXBsZXRlVXBsb2FkUmVzcG9uc2USIQoFaW1hZ2UYASABKAsyEi5pbWFnZWxvYy52MS5JbWFnZSJVChFGYWlsVXBsb2FkUmVxdWVzdBIQCghpbWFnZV9pZBgBIAEoCRIRCgRldGFnGAIgASgJSACIAQESEgoKcmVxdWVzdF9pZBgDIAEoCUIHCgVfZXRhZyI3ChJGYWlsVXBsb2FkUmVzcG9uc2USIQoFaW1hZ2UYASABKAsyEi5pbWFnZWxvYy52MS5JbWFnZSJVChFTdGFnZUltYWdlUmVxdWVzdBIQCghpbWFnZV9pZBgBIAEoCRIRCgRldGFnGAIgASgJSACIAQESEgoKcmVxdWVzdF9pZBgDIAEoCUIHCgVfZXRhZyI3ChJTdGFnZUltYWdlUmVzcG9uc2USIQoFaW1hZ2UYASABKAsyEi5pbWFnZWxvYy52MS5JbWFnZSJWChJCZWdpbkltcG9ydFJlcXVlc3QSEAoIaW1hZ2VfaWQYASABKAkSEQoEZXRhZxgCIAEoCUgAiAEBEhIKCnJlcXVlc3RfaWQYAyABKAlCBwoFX2V0YWciOAoTQmVnaW5JbXBvcnRSZXNwb25zZRIhCgVpbWFnZRgBIAEoCzISLmltYWdlbG9jLnYxLkltYWdlIloKFkRlYWN0aXZhdGVJbWFnZVJlcXVlc3QSEAoIaW1hZ2VfaWQYASABKAkSEQoEZXRhZxgCIAEoCUgAiAEBEhIKCnJlcXVlc3RfaWQYAyABKAlCBwoFX2V0YWciPAoXRGVhY3RpdmF0ZUltYWdlUmVzcG9uc2USIQoFaW1hZ2UYASABKAsyEi5pbWFnZWxvYy52MS5JbWFnZSJaChZSZWFjdGl2YXRlSW1hZ2VSZXF1ZXN0EhAKCGltYWdlX2lkGAEgASgJEhEKBGV0YWcYAiABKAlIAIgBARISCgpyZXF1ZXN0X2lkGAMgASgJQgcKBV9ldGFnIjwKF1JlYWN0aXZhdGVJbWFnZVJlc3BvbnNlEiEKBWltYWdlGAEgASgLMhIuaW1hZ2Vsb2MudjEuSW1hZ2Ui0wEKEkFkZExvY2F0aW9uUmVxdWVzdBIQCghpbWFnZV9pZBgBIAEoCRInCghsb2NhdGlvbhgCIAEoCzIVLmltYWdlbG9jLnYxLkxvY2F0aW9uEhIKBWluZGV4GAMgASgFSACIAQESNAoPdmFsaWRhdGlvbl9kYXRhGAQgASgLMhsuaW1hZ2Vsb2MudjEuVmFsaWRhdGlvbkRhdGESEQoEZXRhZxgFIAEoCUgBiAEBEhIKCnJlcXVlc3RfaWQYBiABKAlCCAoGX2luZGV4QgcKBV9ldGFnIjgKE0FkZExvY2F0aW9uUmVzcG9uc2USIQoFaW1hZ2UYASABKAsyEi5pbWFnZWxvYy52MS5JbWFnZSKDAQoVUmVtb3ZlTG9jYXRpb25SZXF1ZXN0EhAKCGltYWdlX2lkGAEgASgJEg8KBWluZGV4GAIgASgFSAASDQoDdXJsGAMgASgJSAASEQoEZXRhZxgEIAEoCUgBiAEBEhIKCnJlcXVlc3RfaWQYBSABKAlCCAoGdGFyZ2V0QgcKBV9ldGFnIjsKFlJlbW92ZUxvY2F0aW9uUmVzcG9uc2USIQoFaW1hZ2UYASABKAsyEi5pbWFnZWxvYy52MS5JbWFnZSK6AQoWUmVwbGFjZUxvY2F0aW9uUmVxdWVzdBIQCghpbWFnZV9pZBgBIAEoCRIoCglsb2NhdGlvbnMYAiADKAsyFS5pbWFnZWxvYy52MS5Mb2NhdGlvbhI0Cg92YWxpZGF0aW9uX2RhdGEYAyABKAsyGy5pbWFnZWxvYy52MS5WYWxpZGF0aW9uRGF0YRIRCgRldGFnGAQgASgJSACIAQESEgoKcmVxdWVzdF9pZBgFIAEoCUIHCgVfZXRhZyI8ChdSZXBsYWNlTG9jYXRpb25SZXNwb25zZRIhCgVpbWFnZRgBIAEoCzISLmltYWdlbG9jLnYxLkltYWdlIj8KEldhdGNoSW1hZ2VzUmVxdWVzdBIRCglpbWFnZV9pZHMYASADKAkSFgoOc3RhcnRfcmV2aXNpb24YAiABKAMiUAoTV2F0Y2hJbWFnZXNSZXNwb25zZRInCgZldmVudHMYASADKAsyFy5pbWFnZWxvYy52MS5JbWFnZUV2ZW50EhAKCHJldmlzaW9uGAIgASgDIp0BCgpJbWFnZUV2ZW50EhAKCHJldmlzaW9uGAEgASgDEikKBHR5cGUYAiABKA4yGy5pbWFnZWxvYy52MS5JbWFnZUV2ZW50VHlwZRIhCgVpbWFnZRgDIAEoCzISLmltYWdlbG9jLnYxLkltYWdlEi8KC2NvbW1pdF90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCqgAgoLSW1hZ2VTdGF0dXMSHAoYSU1BR0VfU1RBVFVTX1VOU1BFQ0lGSUVEEAASFwoTSU1BR0VfU1RBVFVTX1FVRVVFRBABEhcKE0lNQUdFX1NUQVRVU19TQVZJTkcQAhIXChNJTUFHRV9TVEFUVVNfQUNUSVZFEAMSFwoTSU1BR0VfU1RBVFVTX0tJTExFRBAEEhgKFElNQUdFX1NUQVRVU19ERUxFVEVEEAUSHwobSU1BR0VfU1RBVFVTX1BFTkRJTkdfREVMRVRFEAYSHAoYSU1BR0VfU1RBVFVTX0RFQUNUSVZBVEVEEAcSGgoWSU1BR0VfU1RBVFVTX1VQTE9BRElORxAIEhoKFklNQUdFX1NUQVRVU19JTVBPUlRJTkcQCSqrAQoPSW1hZ2VWaXNpYmlsaXR5EiAKHElNQUdFX1ZJU0lCSUxJVFlfVU5TUEVDSUZJRUQQABIcChhJTUFHRV9WSVNJQklMSVRZX1BSSVZBVEUQARIbChdJTUFHRV9WSVNJQklMSVRZX1BVQkxJQxACEhsKF0lNQUdFX1ZJU0lCSUxJVFlfU0hBUkVEEAMSHgoaSU1BR0VfVklTSUJJTElUWV9DT01NVU5JVFkQBCqMAQoOSW1hZ2VFdmVudFR5cGUSIAocSU1BR0VfRVZFTlRfVFlQRV9VTlNQRUNJRklFRBAAEhwKGElNQUdFX0VWRU5UX1RZUEVfQ1JFQVRFRBABEhwKGElNQUdFX0VWRU5UX1RZUEVfVVBEQVRFRBACEhwKGElNQUdFX0VWRU5UX1RZUEVfREVMRVRFRBADMoIKCgxJbWFnZVNlcnZpY2USUAoLQ3JlYXRlSW1hZ2USHy5pbWFnZWxvYy52MS5DcmVhdGVJbWFnZVJlcXVlc3QaIC5pbWFnZWxvYy52MS5DcmVhdGVJbWFnZVJlc3BvbnNlEkcKCEdldEltYWdlEhwuaW1hZ2Vsb2MudjEuR2V0SW1hZ2VSZXF1ZXN0Gh0uaW1hZ2Vsb2MudjEuR2V0SW1hZ2VSZXNwb25zZRJNCgpMaXN0SW1hZ2VzEh4uaW1hZ2Vsb2MudjEuTGlzdEltYWdlc1JlcXVlc3QaHy5pbWFnZWxvYy52MS5MaXN0SW1hZ2VzUmVzcG9uc2USUAoLRGVsZXRlSW1hZ2USHy5pbWFnZWxvYy52MS5EZWxldGVJbWFnZVJlcXVlc3QaIC5pbWFnZWxvYy52MS5EZWxldGVJbWFnZVJlc3BvbnNlElAKC0JlZ2luVXBsb2FkEh8uaW1hZ2Vsb2MudjEuQmVnaW5VcGxvYWRSZXF1ZXN0GiAuaW1hZ2Vsb2MudjEuQmVnaW5VcGxvYWRSZXNwb25zZRJZCg5Db21wbGV0ZVVwbG9hZBIiLmltYWdlbG9jLnYxLkNvbXBsZXRlVXBsb2FkUmVxdWVzdBojLmltYWdlbG9jLnYxLkNvbXBsZXRlVXBsb2FkUmVzcG9uc2USTQoKRmFpbFVwbG9hZBIeLmltYWdlbG9jLnYxLkZhaWxVcGxvYWRSZXF1ZXN0Gh8uaW1hZ2Vsb2MudjEuRmFpbFVwbG9hZFJlc3BvbnNlEk0KClN0YWdlSW1hZ2USHi5pbWFnZWxvYy52MS5TdGFnZUltYWdlUmVxdWVzdBofLmltYWdlbG9jLnYxLlN0YWdlSW1hZ2VSZXNwb25zZRJQCgtCZWdpbkltcG9ydBIfLmltYWdlbG9jLnYxLkJlZ2luSW1wb3J0UmVxdWVzdBogLmltYWdlbG9jLnYxLkJlZ2luSW1wb3J0UmVzcG9uc2USXAoPRGVhY3RpdmF0ZUltYWdlEiMuaW1hZ2Vsb2MudjEuRGVhY3RpdmF0ZUltYWdlUmVxdWVzdBokLmltYWdlbG9jLnYxLkRlYWN0aXZhdGVJbWFnZVJlc3BvbnNlElwKD1JlYWN0aXZhdGVJbWFnZRIjLmltYWdlbG9jLnYxLlJlYWN0aXZhdGVJbWFnZVJlcXVlc3QaJC5pbWFnZWxvYy52MS5SZWFjdGl2YXRlSW1hZ2VSZXNwb25zZRJQCgtBZGRMb2NhdGlvbhIfLmltYWdlbG9jLnYxLkFkZExvY2F0aW9uUmVxdWVzdBogLmltYWdlbG9jLnYxLkFkZExvY2F0aW9uUmVzcG9uc2USWQoOUmVtb3ZlTG9jYXRpb24SIi5pbWFnZWxvYy52MS5SZW1vdmVMb2NhdGlvblJlcXVlc3QaIy5pbWFnZWxvYy52MS5SZW1vdmVMb2NhdGlvblJlc3BvbnNlElwKD1JlcGxhY2VMb2NhdGlvbhIjLmltYWdlbG9jLnYxLlJlcGxhY2VMb2NhdGlvblJlcXVlc3QaJC5pbWFnZWxvYy52MS5SZXBsYWNlTG9jYXRpb25SZXNwb25zZRJSCgtXYXRjaEltYWdlcxIfLmltYWdlbG9jLnYxLldhdGNoSW1hZ2VzUmVxdWVzdBogLmltYWdlbG9jLnYxLldhdGNoSW1hZ2VzUmVzcG9uc2UwAWIGcHJvdG8z", [file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("Ch9pbWFnZWxvYy92MS9pbWFnZV9zZXJ2aWNlLnByb3RvEgtpbWFnZWxvYy52MSJCCghMb2NhdGlvbhILCgN1cmwYASABKAkSKQoIbWV0YWRhdGEYAiABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0Ik8KDlZhbGlkYXRpb25EYXRhEhAKCGNoZWNrc3VtGAEgASgJEhQKDG9zX2hhc2hfYWxnbxgCIAEoCRIVCg1vc19oYXNoX3ZhbHVlGAMgASgJIrwFCgVJbWFnZRIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEigKBnN0YXR1cxgDIAEoDjIYLmltYWdlbG9jLnYxLkltYWdlU3RhdHVzEigKCWxvY2F0aW9ucxgEIAMoCzIVLmltYWdlbG9jLnYxLkxvY2F0aW9uEgwKBHNpemUYBSABKAMSEAoIY2hlY2tzdW0YBiABKAkSFAoMb3NfaGFzaF9hbGdvGAcgASgJEhUKDW9zX2hhc2hfdmFsdWUYCCABKAkSEwoLZGlza19mb3JtYXQYCSABKAkSGAoQY29udGFpbmVyX2Zvcm1hdBgKIAEoCRIwCgp2aXNpYmlsaXR5GAsgASgOMhwuaW1hZ2Vsb2MudjEuSW1hZ2VWaXNpYmlsaXR5Eg0KBW93bmVyGAwgASgJEhEKCXByb3RlY3RlZBgNIAEoCBIvCgtjcmVhdGVfdGltZRgOIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYDyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEgwKBGV0YWcYECABKAkSGAoQbG9jYXRpb25zX2hpZGRlbhgRIAEoCBIQCghyZXZpc2lvbhgSIAEoAxIQCghtaW5fZGlzaxgTIAEoBRIPCgdtaW5fcmFtGBQgASgFEgwKBHRhZ3MYFSADKAkSEQoJb3NfaGlkZGVuGBYgASgIEhkKDHZpcnR1YWxfc2l6ZRgXIAEoA0gAiAEBEjYKCnByb3BlcnRpZXMYGCADKAsyIi5pbWFnZWxvYy52MS5JbWFnZS5Qcm9wZXJ0aWVzRW50cnkaMQoPUHJvcGVydGllc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCDwoNX3ZpcnR1YWxfc2l6ZSLIAwoSQ3JlYXRlSW1hZ2VSZXF1ZXN0EgwKBG5hbWUYASABKAkSEwoLZGlza19mb3JtYXQYAiABKAkSGAoQY29udGFpbmVyX2Zvcm1hdBgDIAEoCRIwCgp2aXNpYmlsaXR5GAQgASgOMhwuaW1hZ2Vsb2MudjEuSW1hZ2VWaXNpYmlsaXR5EhEKCXByb3RlY3RlZBgFIAEoCBIPCgJpZBgGIAEoCUgAiAEBEhIKCnJlcXVlc3RfaWQYByABKAkSEgoFb3duZXIYCCABKAlIAYgBARIQCghtaW5fZGlzaxgJIAEoBRIPCgdtaW5fcmFtGAogASgFEgwKBHRhZ3MYCyADKAkSEQoJb3NfaGlkZGVuGAwgASgIEhkKDHZpcnR1YWxfc2l6ZRgNIAEoA0gCiAEBEkMKCnByb3BlcnRpZXMYDiADKAsyLy5pbWFnZWxvYy52MS5DcmVhdGVJbWFnZVJlcXVlc3QuUHJvcGVydGllc0VudHJ5GjEKD1Byb3BlcnRpZXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQgUKA19pZEIICgZfb3duZXJCDwoNX3ZpcnR1YWxfc2l6ZSI4ChNDcmVhdGVJbWFnZVJlc3BvbnNlEiEKBWltYWdlGAEgASgLMhIuaW1hZ2Vsb2MudjEuSW1hZ2UimAEKElVwZGF0ZUltYWdlUmVxdWVzdBIhCgVpbWFnZRgBIAEoCzISLmltYWdlbG9jLnYxLkltYWdlEi8KC3VwZGF0ZV9tYXNrGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFzaxIRCgRldGFnGAMgASgJSACIAQESEgoKcmVxdWVzdF9pZBgEIAEoCUIHCgVfZXRhZyI4ChNVcGRhdGVJbWFnZVJlc3BvbnNlEiEKBWltYWdlGAEgASgLMhIuaW1hZ2Vsb2MudjEuSW1hZ2UiIwoPR2V0SW1hZ2VSZXF1ZXN0EhAKCGltYWdlX2lkGAEgASgJIjUKEEdldEltYWdlUmVzcG9uc2USIQoFaW1hZ2UYASABKAsyEi5pbWFnZWxvYy52MS5JbWFnZSK6AQoRTGlzdEltYWdlc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSLQoGc3RhdHVzGAMgASgOMhguaW1hZ2Vsb2MudjEuSW1hZ2VTdGF0dXNIAIgBARI1Cgp2aXNpYmlsaXR5GAQgASgOMhwuaW1hZ2Vsb2MudjEuSW1hZ2VWaXNpYmlsaXR5SAGIAQFCCQoHX3N0YXR1c0INCgtfdmlzaWJpbGl0eSJjChJMaXN0SW1hZ2VzUmVzcG9uc2USIgoGaW1hZ2VzGAEgAygLMhIuaW1hZ2Vsb2MudjEuSW1hZ2USFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJEhAKCHJldmlzaW9uGAMgASgDIlYKEkRlbGV0ZUltYWdlUmVxdWVzdBIQCghpbWFnZV9pZBgBIAEoCRIRCgRldGFnGAIgASgJSACIAQESEgoKcmVxdWVzdF9pZBgDIAEoCUIHCgVfZXRhZyI4ChNEZWxldGVJbWFnZVJlc3BvbnNlEiEKBWltYWdlGAEgASgLMhIuaW1hZ2Vsb2MudjEuSW1hZ2UiVgoSQmVnaW5VcGxvYWRSZXF1ZXN0EhAKCGltYWdlX2lkGAEgASgJEhEKBGV0YWcYAiABKAlIAIgBARISCgpyZXF1ZXN0X2lkGAMgASgJQgcKBV9ldGFnIjgKE0JlZ2luVXBsb2FkUmVzcG9uc2USIQoFaW1hZ2UYASABKAsyEi5pbWFnZWxvYy52MS5JbWFnZSLPAQoVQ29tcGxldGVVcGxvYWRSZXF1ZXN0EhAKCGltYWdlX2lkGAEgASgJEicKCGxvY2F0aW9uGAIgASgLMhUuaW1hZ2Vsb2MudjEuTG9jYXRpb24SDAoEc2l6ZRgDIAEoAxIQCghjaGVja3N1bRgEIAEoCRIUCgxvc19oYXNoX2FsZ28YBSABKAkSFQoNb3NfaGFzaF92YWx1ZRgGIAEoCRIRCgRldGFnGAcgASgJSACIAQESEgoKcmVxdWVzdF9pZBgIIAEoCUIHCgVfZXRhZyI7ChZDb21wbGV0ZVVwbG9hZFJlc3BvbnNlEiEKBWltYWdlGAEgASgLMhIuaW1hZ2Vsb2MudjEuSW1hZ2UiVQoRRmFpbFVwbG9hZFJlcXVlc3QSEAoIaW1hZ2VfaWQYASABKAkSEQoEZXRhZxgCIAEoCUgAiAEBEhIKCnJlcXVlc3RfaWQYAyABKAlCBwoFX2V0YWciNwoSRmFpbFVwbG9hZFJlc3BvbnNlEiEKBWltYWdlGAEgASgLMhIuaW1hZ2Vsb2MudjEuSW1hZ2UiVQoRU3RhZ2VJbWFnZVJlcXVlc3QSEAoIaW1hZ2VfaWQYASABKAkSEQoEZXRhZxgCIAEoCUgAiAEBEhIKCnJlcXVlc3RfaWQYAyABKAlCBwoFX2V0YWciNwoSU3RhZ2VJbWFnZVJlc3BvbnNlEiEKBWltYWdlGAEgASgLMhIuaW1hZ2Vsb2MudjEuSW1hZ2UiVgoSQmVnaW5JbXBvcnRSZXF1ZXN0EhAKCGltYWdlX2lkGAEgASgJEhEKBGV0YWcYAiABKAlIAIgBARISCgpyZXF1ZXN0X2lkGAMgASgJQgcKBV9ldGFnIjgKE0JlZ2luSW1wb3J0UmVzcG9uc2USIQoFaW1hZ2UYASABKAsyEi5pbWFnZWxvYy52MS5JbWFnZSJaChZEZWFjdGl2YXRlSW1hZ2VSZXF1ZXN0EhAKCGltYWdlX2lkGAEgASgJEhEKBGV0YWcYAiABKAlIAIgBARISCgpyZXF1ZXN0X2lkGAMgASgJQgcKBV9ldGFnIjwKF0RlYWN0aXZhdGVJbWFnZVJlc3BvbnNlEiEKBWltYWdlGAEgASgLMhIuaW1hZ2Vsb2MudjEuSW1hZ2UiWgoWUmVhY3RpdmF0ZUltYWdlUmVxdWVzdBIQCghpbWFnZV9pZBgBIAEoCRIRCgRldGFnGAIgASgJSACIAQESEgoKcmVxdWVzdF9pZBgDIAEoCUIHCgVfZXRhZyI8ChdSZWFjdGl2YXRlSW1hZ2VSZXNwb25zZRIhCgVpbWFnZRgBIAEoCzISLmltYWdlbG9jLnYxLkltYWdlItMBChJBZGRMb2NhdGlvblJlcXVlc3QSEAoIaW1hZ2VfaWQYASABKAkSJwoIbG9jYXRpb24YAiABKAsyFS5pbWFnZWxvYy52MS5Mb2NhdGlvbhISCgVpbmRleBgDIAEoBUgAiAEBEjQKD3ZhbGlkYXRpb25fZGF0YRgEIAEoCzIbLmltYWdlbG9jLnYxLlZhbGlkYXRpb25EYXRhEhEKBGV0YWcYBSABKAlIAYgBARISCgpyZXF1ZXN0X2lkGAYgASgJQggKBl9pbmRleEIHCgVfZXRhZyI4ChNBZGRMb2NhdGlvblJlc3BvbnNlEiEKBWltYWdlGAEgASgLMhIuaW1hZ2Vsb2MudjEuSW1hZ2UigwEKFVJlbW92ZUxvY2F0aW9uUmVxdWVzdBIQCghpbWFnZV9pZBgBIAEoCRIPCgVpbmRleBgCIAEoBUgAEg0KA3VybBgDIAEoCUgAEhEKBGV0YWcYBCABKAlIAYgBARISCgpyZXF1ZXN0X2lkGAUgASgJQggKBnRhcmdldEIHCgVfZXRhZyI7ChZSZW1vdmVMb2NhdGlvblJlc3BvbnNlEiEKBWltYWdlGAEgASgLMhIuaW1hZ2Vsb2MudjEuSW1hZ2UiugEKFlJlcGxhY2VMb2NhdGlvblJlcXVlc3QSEAoIaW1hZ2VfaWQYASABKAkSKAoJbG9jYXRpb25zGAIgAygLMhUuaW1hZ2Vsb2MudjEuTG9jYXRpb24SNAoPdmFsaWRhdGlvbl9kYXRhGAMgASgLMhsuaW1hZ2Vsb2MudjEuVmFsaWRhdGlvbkRhdGESEQoEZXRhZxgEIAEoCUgAiAEBEhIKCnJlcXVlc3RfaWQYBSABKAlCBwoFX2V0YWciPAoXUmVwbGFjZUxvY2F0aW9uUmVzcG9uc2USIQoFaW1hZ2UYASABKAsyEi5pbWFnZWxvYy52MS5JbWFnZSI/ChJXYXRjaEltYWdlc1JlcXVlc3QSEQoJaW1hZ2VfaWRzGAEgAygJEhYKDnN0YXJ0X3JldmlzaW9uGAIgASgDIlAKE1dhdGNoSW1hZ2VzUmVzcG9uc2USJwoGZXZlbnRzGAEgAygLMhcuaW1hZ2Vsb2MudjEuSW1hZ2VFdmVudBIQCghyZXZpc2lvbhgCIAEoAyKdAQoKSW1hZ2VFdmVudBIQCghyZXZpc2lvbhgBIAEoAxIpCgR0eXBlGAIgASgOMhsuaW1hZ2Vsb2MudjEuSW1hZ2VFdmVudFR5cGUSIQoFaW1hZ2UYAyABKAsyEi5pbWFnZWxvYy52MS5JbWFnZRIvCgtjb21taXRfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAqoAIKC0ltYWdlU3RhdHVzEhwKGElNQUdFX1NUQVRVU19VTlNQRUNJRklFRBAAEhcKE0lNQUdFX1NUQVRVU19RVUVVRUQQARIXChNJTUFHRV9TVEFUVVNfU0FWSU5HEAISFwoTSU1BR0VfU1RBVFVTX0FDVElWRRADEhcKE0lNQUdFX1NUQVRVU19LSUxMRUQQBBIYChRJTUFHRV9TVEFUVVNfREVMRVRFRBAFEh8KG0lNQUdFX1NUQVRVU19QRU5ESU5HX0RFTEVURRAGEhwKGElNQUdFX1NUQVRVU19ERUFDVElWQVRFRBAHEhoKFklNQUdFX1NUQVRVU19VUExPQURJTkcQCBIaChZJTUFHRV9TVEFUVVNfSU1QT1JUSU5HEAkqqwEKD0ltYWdlVmlzaWJpbGl0eRIgChxJTUFHRV9WSVNJQklMSVRZX1VOU1BFQ0lGSUVEEAASHAoYSU1BR0VfVklTSUJJTElUWV9QUklWQVRFEAESGwoXSU1BR0VfVklTSUJJTElUWV9QVUJMSUMQAhIbChdJTUFHRV9WSVNJQklMSVRZX1NIQVJFRBADEh4KGklNQUdFX1ZJU0lCSUxJVFlfQ09NTVVOSVRZEAQqjAEKDkltYWdlRXZlbnRUeXBlEiAKHElNQUdFX0VWRU5UX1RZUEVfVU5TUEVDSUZJRUQQABIcChhJTUFHRV9FVkVOVF9UWVBFX0NSRUFURUQQARIcChhJTUFHRV9FVkVOVF9UWVBFX1VQREFURUQQAhIcChhJTUFHRV9FVkVOVF9UWVBFX0RFTEVURUQQAzLUCgoMSW1hZ2VTZXJ2aWNlElAKC0NyZWF0ZUltYWdlEh8uaW1hZ2Vsb2MudjEuQ3JlYXRlSW1hZ2VSZXF1ZXN0GiAuaW1hZ2Vsb2MudjEuQ3JlYXRlSW1hZ2VSZXNwb25zZRJQCgtVcGRhdGVJbWFnZRIfLmltYWdlbG9jLnYxLlVwZGF0ZUltYWdlUmVxdWVzdBogLmltYWdlbG9jLnYxLlVwZGF0ZUltYWdlUmVzcG9uc2USRwoIR2V0SW1hZ2USHC5pbWFnZWxvYy52MS5HZXRJbWFnZVJlcXVlc3QaHS5pbWFnZWxvYy52MS5HZXRJbWFnZVJlc3BvbnNlEk0KCkxpc3RJbWFnZXMSHi5pbWFnZWxvYy52MS5MaXN0SW1hZ2VzUmVxdWVzdBofLmltYWdlbG9jLnYxLkxpc3RJbWFnZXNSZXNwb25zZRJQCgtEZWxldGVJbWFnZRIfLmltYWdlbG9jLnYxLkRlbGV0ZUltYWdlUmVxdWVzdBogLmltYWdlbG9jLnYxLkRlbGV0ZUltYWdlUmVzcG9uc2USUAoLQmVnaW5VcGxvYWQSHy5pbWFnZWxvYy52MS5CZWdpblVwbG9hZFJlcXVlc3QaIC5pbWFnZWxvYy52MS5CZWdpblVwbG9hZFJlc3BvbnNlElkKDkNvbXBsZXRlVXBsb2FkEiIuaW1hZ2Vsb2MudjEuQ29tcGxldGVVcGxvYWRSZXF1ZXN0GiMuaW1hZ2Vsb2MudjEuQ29tcGxldGVVcGxvYWRSZXNwb25zZRJNCgpGYWlsVXBsb2FkEh4uaW1hZ2Vsb2MudjEuRmFpbFVwbG9hZFJlcXVlc3QaHy5pbWFnZWxvYy52MS5GYWlsVXBsb2FkUmVzcG9uc2USTQoKU3RhZ2VJbWFnZRIeLmltYWdlbG9jLnYxLlN0YWdlSW1hZ2VSZXF1ZXN0Gh8uaW1hZ2Vsb2MudjEuU3RhZ2VJbWFnZVJlc3BvbnNlElAKC0JlZ2luSW1wb3J0Eh8uaW1hZ2Vsb2MudjEuQmVnaW5JbXBvcnRSZXF1ZXN0GiAuaW1hZ2Vsb2MudjEuQmVnaW5JbXBvcnRSZXNwb25zZRJcCg9EZWFjdGl2YXRlSW1hZ2USIy5pbWFnZWxvYy52MS5EZWFjdGl2YXRlSW1hZ2VSZXF1ZXN0GiQuaW1hZ2Vsb2MudjEuRGVhY3RpdmF0ZUltYWdlUmVzcG9uc2USXAoPUmVhY3RpdmF0ZUltYWdlEiMuaW1hZ2Vsb2MudjEuUmVhY3RpdmF0ZUltYWdlUmVxdWVzdBokLmltYWdlbG9jLnYxLlJlYWN0aXZhdGVJbWFnZVJlc3BvbnNlElAKC0FkZExvY2F0aW9uEh8uaW1hZ2Vsb2MudjEuQWRkTG9jYXRpb25SZXF1ZXN0GiAuaW1hZ2Vsb2MudjEuQWRkTG9jYXRpb25SZXNwb25zZRJZCg5SZW1vdmVMb2NhdGlvbhIiLmltYWdlbG9jLnYxLlJlbW92ZUxvY2F0aW9uUmVxdWVzdBojLmltYWdlbG9jLnYxLlJlbW92ZUxvY2F0aW9uUmVzcG9uc2USXAoPUmVwbGFjZUxvY2F0aW9uEiMuaW1hZ2Vsb2MudjEuUmVwbGFjZUxvY2F0aW9uUmVxdWVzdBokLmltYWdlbG9jLnYxLlJlcGxhY2VMb2NhdGlvblJlc3BvbnNlElIKC1dhdGNoSW1hZ2VzEh8uaW1hZ2Vsb2MudjEuV2F0Y2hJbWFnZXNSZXF1ZXN0GiAuaW1hZ2Vsb2MudjEuV2F0Y2hJbWFnZXNSZXNwb25zZTABYgZwcm90bzM", [file_google_protobuf_field_mask, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * Location is one place that holds an image's data.
@@ -223,6 +223,50 @@ export type Image = Message<"imageloc.v1.Image"> & {
    * @generated from field: int64 revision = 18;
    */
   revision: bigint;
+
+  /**
+   * The disk space in GB the image needs to boot; 0 when none is set.
+   *
+   * @generated from field: int32 min_disk = 19;
+   */
+  minDisk: number;
+
+  /**
+   * The memory in MB the image needs to boot; 0 when none is set.
+   *
+   * @generated from field: int32 min_ram = 20;
+   */
+  minRam: number;
+
+  /**
+   * Free-form tags, each at most 255 characters, in the order first given,
+   * without repeats.
+   *
+   * @generated from field: repeated string tags = 21;
+   */
+  tags: string[];
+
+  /**
+   * A hidden image is left out of ListImages unless it asks for hidden ones.
+   *
+   * @generated from field: bool os_hidden = 22;
+   */
+  osHidden: boolean;
+
+  /**
+   * The size of the disk the data unpacks to, in bytes; absent while unknown.
+   *
+   * @generated from field: optional int64 virtual_size = 23;
+   */
+  virtualSize?: bigint | undefined;
+
+  /**
+   * Glance's extra properties (hw_disk_bus, os_distro, ...): keys of 1 to 255
+   * characters, values of at most 65535, at most 128 per image by default.
+   *
+   * @generated from field: map<string, string> properties = 24;
+   */
+  properties: { [key: string]: string };
 };
 
 /**
@@ -300,6 +344,50 @@ export type CreateImageRequest = Message<"imageloc.v1.CreateImageRequest"> & {
    * @generated from field: optional string owner = 8;
    */
   owner?: string | undefined;
+
+  /**
+   * The disk space in GB the image needs to boot (0 to 2^31-1).
+   *
+   * @generated from field: int32 min_disk = 9;
+   */
+  minDisk: number;
+
+  /**
+   * The memory in MB the image needs to boot (0 to 2^31-1).
+   *
+   * @generated from field: int32 min_ram = 10;
+   */
+  minRam: number;
+
+  /**
+   * Tags (Image.tags); a repeat is kept once.
+   *
+   * @generated from field: repeated string tags = 11;
+   */
+  tags: string[];
+
+  /**
+   * Leave the image out of default listings.
+   *
+   * @generated from field: bool os_hidden = 12;
+   */
+  osHidden: boolean;
+
+  /**
+   * The size of the disk the data unpacks to, in bytes.
+   *
+   * @generated from field: optional int64 virtual_size = 13;
+   */
+  virtualSize?: bigint | undefined;
+
+  /**
+   * Extra properties (Image.properties). A key that names one of the image's
+   * own fields, or starts with os_glance, is INVALID_ARGUMENT
+   * RESERVED_PROPERTY.
+   *
+   * @generated from field: map<string, string> properties = 14;
+   */
+  properties: { [key: string]: string };
 };
 
 /**
@@ -331,6 +419,72 @@ export const CreateImageResponseSchema: GenMessage<CreateImageResponse> = /*@__P
   messageDesc(file_imageloc_v1_image_service, 4);
 
 /**
+ * UpdateImageRequest is the request of UpdateImage.
+ *
+ * @generated from message imageloc.v1.UpdateImageRequest
+ */
+export type UpdateImageRequest = Message<"imageloc.v1.UpdateImageRequest"> & {
+  /**
+   * The image's id, and the new values of the fields update_mask names.
+   *
+   * @generated from field: imageloc.v1.Image image = 1;
+   */
+  image?: Image | undefined;
+
+  /**
+   * The fields to set (paths as in UpdateImage); required.
+   *
+   * @generated from field: google.protobuf.FieldMask update_mask = 2;
+   */
+  updateMask?: FieldMask | undefined;
+
+  /**
+   * Change only if the image's etag is still this one.
+   *
+   * @generated from field: optional string etag = 3;
+   */
+  etag?: string | undefined;
+
+  /**
+   * Makes the request idempotent (AIP-155): a UUID the caller picks once per
+   * logical request and sends again on every retry of it. A retry returns the
+   * first outcome without applying the change twice; the same id with a
+   * different request is INVALID_ARGUMENT REQUEST_ID_REUSED. Empty: none.
+   *
+   * @generated from field: string request_id = 4;
+   */
+  requestId: string;
+};
+
+/**
+ * Describes the message imageloc.v1.UpdateImageRequest.
+ * Use `create(UpdateImageRequestSchema)` to create a new message.
+ */
+export const UpdateImageRequestSchema: GenMessage<UpdateImageRequest> = /*@__PURE__*/
+  messageDesc(file_imageloc_v1_image_service, 5);
+
+/**
+ * UpdateImageResponse is the response of UpdateImage.
+ *
+ * @generated from message imageloc.v1.UpdateImageResponse
+ */
+export type UpdateImageResponse = Message<"imageloc.v1.UpdateImageResponse"> & {
+  /**
+   * The image after the change.
+   *
+   * @generated from field: imageloc.v1.Image image = 1;
+   */
+  image?: Image | undefined;
+};
+
+/**
+ * Describes the message imageloc.v1.UpdateImageResponse.
+ * Use `create(UpdateImageResponseSchema)` to create a new message.
+ */
+export const UpdateImageResponseSchema: GenMessage<UpdateImageResponse> = /*@__PURE__*/
+  messageDesc(file_imageloc_v1_image_service, 6);
+
+/**
  * GetImageRequest is the request of GetImage.
  *
  * @generated from message imageloc.v1.GetImageRequest
@@ -349,7 +503,7 @@ export type GetImageRequest = Message<"imageloc.v1.GetImageRequest"> & {
  * Use `create(GetImageRequestSchema)` to create a new message.
  */
 export const GetImageRequestSchema: GenMessage<GetImageRequest> = /*@__PURE__*/
-  messageDesc(file_imageloc_v1_image_service, 5);
+  messageDesc(file_imageloc_v1_image_service, 7);
 
 /**
  * GetImageResponse is the response of GetImage.
@@ -370,7 +524,7 @@ export type GetImageResponse = Message<"imageloc.v1.GetImageResponse"> & {
  * Use `create(GetImageResponseSchema)` to create a new message.
  */
 export const GetImageResponseSchema: GenMessage<GetImageResponse> = /*@__PURE__*/
-  messageDesc(file_imageloc_v1_image_service, 6);
+  messageDesc(file_imageloc_v1_image_service, 8);
 
 /**
  * ListImagesRequest is the request of ListImages.
@@ -415,7 +569,7 @@ export type ListImagesRequest = Message<"imageloc.v1.ListImagesRequest"> & {
  * Use `create(ListImagesRequestSchema)` to create a new message.
  */
 export const ListImagesRequestSchema: GenMessage<ListImagesRequest> = /*@__PURE__*/
-  messageDesc(file_imageloc_v1_image_service, 7);
+  messageDesc(file_imageloc_v1_image_service, 9);
 
 /**
  * ListImagesResponse is the response of ListImages.
@@ -451,7 +605,7 @@ export type ListImagesResponse = Message<"imageloc.v1.ListImagesResponse"> & {
  * Use `create(ListImagesResponseSchema)` to create a new message.
  */
 export const ListImagesResponseSchema: GenMessage<ListImagesResponse> = /*@__PURE__*/
-  messageDesc(file_imageloc_v1_image_service, 8);
+  messageDesc(file_imageloc_v1_image_service, 10);
 
 /**
  * DeleteImageRequest is the request of DeleteImage.
@@ -489,7 +643,7 @@ export type DeleteImageRequest = Message<"imageloc.v1.DeleteImageRequest"> & {
  * Use `create(DeleteImageRequestSchema)` to create a new message.
  */
 export const DeleteImageRequestSchema: GenMessage<DeleteImageRequest> = /*@__PURE__*/
-  messageDesc(file_imageloc_v1_image_service, 9);
+  messageDesc(file_imageloc_v1_image_service, 11);
 
 /**
  * DeleteImageResponse is the response of DeleteImage.
@@ -510,7 +664,7 @@ export type DeleteImageResponse = Message<"imageloc.v1.DeleteImageResponse"> & {
  * Use `create(DeleteImageResponseSchema)` to create a new message.
  */
 export const DeleteImageResponseSchema: GenMessage<DeleteImageResponse> = /*@__PURE__*/
-  messageDesc(file_imageloc_v1_image_service, 10);
+  messageDesc(file_imageloc_v1_image_service, 12);
 
 /**
  * BeginUploadRequest is the request of BeginUpload.
@@ -548,7 +702,7 @@ export type BeginUploadRequest = Message<"imageloc.v1.BeginUploadRequest"> & {
  * Use `create(BeginUploadRequestSchema)` to create a new message.
  */
 export const BeginUploadRequestSchema: GenMessage<BeginUploadRequest> = /*@__PURE__*/
-  messageDesc(file_imageloc_v1_image_service, 11);
+  messageDesc(file_imageloc_v1_image_service, 13);
 
 /**
  * BeginUploadResponse is the response of BeginUpload.
@@ -569,7 +723,7 @@ export type BeginUploadResponse = Message<"imageloc.v1.BeginUploadResponse"> & {
  * Use `create(BeginUploadResponseSchema)` to create a new message.
  */
 export const BeginUploadResponseSchema: GenMessage<BeginUploadResponse> = /*@__PURE__*/
-  messageDesc(file_imageloc_v1_image_service, 12);
+  messageDesc(file_imageloc_v1_image_service, 14);
 
 /**
  * CompleteUploadRequest is the request of CompleteUpload.
@@ -642,7 +796,7 @@ export type CompleteUploadRequest = Message<"imageloc.v1.CompleteUploadRequest">
  * Use `create(CompleteUploadRequestSchema)` to create a new message.
  */
 export const CompleteUploadRequestSchema: GenMessage<CompleteUploadRequest> = /*@__PURE__*/
-  messageDesc(file_imageloc_v1_image_service, 13);
+  messageDesc(file_imageloc_v1_image_service, 15);
 
 /**
  * CompleteUploadResponse is the response of CompleteUpload.
@@ -663,7 +817,7 @@ export type CompleteUploadResponse = Message<"imageloc.v1.CompleteUploadResponse
  * Use `create(CompleteUploadResponseSchema)` to create a new message.
  */
 export const CompleteUploadResponseSchema: GenMessage<CompleteUploadResponse> = /*@__PURE__*/
-  messageDesc(file_imageloc_v1_image_service, 14);
+  messageDesc(file_imageloc_v1_image_service, 16);
 
 /**
  * FailUploadRequest is the request of FailUpload.
@@ -701,7 +855,7 @@ export type FailUploadRequest = Message<"imageloc.v1.FailUploadRequest"> & {
  * Use `create(FailUploadRequestSchema)` to create a new message.
  */
 export const FailUploadRequestSchema: GenMessage<FailUploadRequest> = /*@__PURE__*/
-  messageDesc(file_imageloc_v1_image_service, 15);
+  messageDesc(file_imageloc_v1_image_service, 17);
 
 /**
  * FailUploadResponse is the response of FailUpload.
@@ -722,7 +876,7 @@ export type FailUploadResponse = Message<"imageloc.v1.FailUploadResponse"> & {
  * Use `create(FailUploadResponseSchema)` to create a new message.
  */
 export const FailUploadResponseSchema: GenMessage<FailUploadResponse> = /*@__PURE__*/
-  messageDesc(file_imageloc_v1_image_service, 16);
+  messageDesc(file_imageloc_v1_image_service, 18);
 
 /**
  * StageImageRequest is the request of StageImage.
@@ -760,7 +914,7 @@ export type StageImageRequest = Message<"imageloc.v1.StageImageRequest"> & {
  * Use `create(StageImageRequestSchema)` to create a new message.
  */
 export const StageImageRequestSchema: GenMessage<StageImageRequest> = /*@__PURE__*/
-  messageDesc(file_imageloc_v1_image_service, 17);
+  messageDesc(file_imageloc_v1_image_service, 19);
 
 /**
  * StageImageResponse is the response of StageImage.
@@ -781,7 +935,7 @@ export type StageImageResponse = Message<"imageloc.v1.StageImageResponse"> & {
  * Use `create(StageImageResponseSchema)` to create a new message.
  */
 export const StageImageResponseSchema: GenMessage<StageImageResponse> = /*@__PURE__*/
-  messageDesc(file_imageloc_v1_image_service, 18);
+  messageDesc(file_imageloc_v1_image_service, 20);
 
 /**
  * BeginImportRequest is the request of BeginImport.
@@ -819,7 +973,7 @@ export type BeginImportRequest = Message<"imageloc.v1.BeginImportRequest"> & {
  * Use `create(BeginImportRequestSchema)` to create a new message.
  */
 export const BeginImportRequestSchema: GenMessage<BeginImportRequest> = /*@__PURE__*/
-  messageDesc(file_imageloc_v1_image_service, 19);
+  messageDesc(file_imageloc_v1_image_service, 21);
 
 /**
  * BeginImportResponse is the response of BeginImport.
@@ -840,7 +994,7 @@ export type BeginImportResponse = Message<"imageloc.v1.BeginImportResponse"> & {
  * Use `create(BeginImportResponseSchema)` to create a new message.
  */
 export const BeginImportResponseSchema: GenMessage<BeginImportResponse> = /*@__PURE__*/
-  messageDesc(file_imageloc_v1_image_service, 20);
+  messageDesc(file_imageloc_v1_image_service, 22);
 
 /**
  * DeactivateImageRequest is the request of DeactivateImage.
@@ -878,7 +1032,7 @@ export type DeactivateImageRequest = Message<"imageloc.v1.DeactivateImageRequest
  * Use `create(DeactivateImageRequestSchema)` to create a new message.
  */
 export const DeactivateImageRequestSchema: GenMessage<DeactivateImageRequest> = /*@__PURE__*/
-  messageDesc(file_imageloc_v1_image_service, 21);
+  messageDesc(file_imageloc_v1_image_service, 23);
 
 /**
  * DeactivateImageResponse is the response of DeactivateImage.
@@ -899,7 +1053,7 @@ export type DeactivateImageResponse = Message<"imageloc.v1.DeactivateImageRespon
  * Use `create(DeactivateImageResponseSchema)` to create a new message.
  */
 export const DeactivateImageResponseSchema: GenMessage<DeactivateImageResponse> = /*@__PURE__*/
-  messageDesc(file_imageloc_v1_image_service, 22);
+  messageDesc(file_imageloc_v1_image_service, 24);
 
 /**
  * ReactivateImageRequest is the request of ReactivateImage.
@@ -937,7 +1091,7 @@ export type ReactivateImageRequest = Message<"imageloc.v1.ReactivateImageRequest
  * Use `create(ReactivateImageRequestSchema)` to create a new message.
  */
 export const ReactivateImageRequestSchema: GenMessage<ReactivateImageRequest> = /*@__PURE__*/
-  messageDesc(file_imageloc_v1_image_service, 23);
+  messageDesc(file_imageloc_v1_image_service, 25);
 
 /**
  * ReactivateImageResponse is the response of ReactivateImage.
@@ -958,7 +1112,7 @@ export type ReactivateImageResponse = Message<"imageloc.v1.ReactivateImageRespon
  * Use `create(ReactivateImageResponseSchema)` to create a new message.
  */
 export const ReactivateImageResponseSchema: GenMessage<ReactivateImageResponse> = /*@__PURE__*/
-  messageDesc(file_imageloc_v1_image_service, 24);
+  messageDesc(file_imageloc_v1_image_service, 26);
 
 /**
  * AddLocationRequest is the request of AddLocation.
@@ -1017,7 +1171,7 @@ export type AddLocationRequest = Message<"imageloc.v1.AddLocationRequest"> & {
  * Use `create(AddLocationRequestSchema)` to create a new message.
  */
 export const AddLocationRequestSchema: GenMessage<AddLocationRequest> = /*@__PURE__*/
-  messageDesc(file_imageloc_v1_image_service, 25);
+  messageDesc(file_imageloc_v1_image_service, 27);
 
 /**
  * AddLocationResponse is the response of AddLocation.
@@ -1038,7 +1192,7 @@ export type AddLocationResponse = Message<"imageloc.v1.AddLocationResponse"> & {
  * Use `create(AddLocationResponseSchema)` to create a new message.
  */
 export const AddLocationResponseSchema: GenMessage<AddLocationResponse> = /*@__PURE__*/
-  messageDesc(file_imageloc_v1_image_service, 26);
+  messageDesc(file_imageloc_v1_image_service, 28);
 
 /**
  * RemoveLocationRequest is the request of RemoveLocation.
@@ -1099,7 +1253,7 @@ export type RemoveLocationRequest = Message<"imageloc.v1.RemoveLocationRequest">
  * Use `create(RemoveLocationRequestSchema)` to create a new message.
  */
 export const RemoveLocationRequestSchema: GenMessage<RemoveLocationRequest> = /*@__PURE__*/
-  messageDesc(file_imageloc_v1_image_service, 27);
+  messageDesc(file_imageloc_v1_image_service, 29);
 
 /**
  * RemoveLocationResponse is the response of RemoveLocation.
@@ -1120,7 +1274,7 @@ export type RemoveLocationResponse = Message<"imageloc.v1.RemoveLocationResponse
  * Use `create(RemoveLocationResponseSchema)` to create a new message.
  */
 export const RemoveLocationResponseSchema: GenMessage<RemoveLocationResponse> = /*@__PURE__*/
-  messageDesc(file_imageloc_v1_image_service, 28);
+  messageDesc(file_imageloc_v1_image_service, 30);
 
 /**
  * ReplaceLocationRequest is the request of ReplaceLocation.
@@ -1172,7 +1326,7 @@ export type ReplaceLocationRequest = Message<"imageloc.v1.ReplaceLocationRequest
  * Use `create(ReplaceLocationRequestSchema)` to create a new message.
  */
 export const ReplaceLocationRequestSchema: GenMessage<ReplaceLocationRequest> = /*@__PURE__*/
-  messageDesc(file_imageloc_v1_image_service, 29);
+  messageDesc(file_imageloc_v1_image_service, 31);
 
 /**
  * ReplaceLocationResponse is the response of ReplaceLocation.
@@ -1193,7 +1347,7 @@ export type ReplaceLocationResponse = Message<"imageloc.v1.ReplaceLocationRespon
  * Use `create(ReplaceLocationResponseSchema)` to create a new message.
  */
 export const ReplaceLocationResponseSchema: GenMessage<ReplaceLocationResponse> = /*@__PURE__*/
-  messageDesc(file_imageloc_v1_image_service, 30);
+  messageDesc(file_imageloc_v1_image_service, 32);
 
 /**
  * WatchImagesRequest is the request of WatchImages.
@@ -1223,7 +1377,7 @@ export type WatchImagesRequest = Message<"imageloc.v1.WatchImagesRequest"> & {
  * Use `create(WatchImagesRequestSchema)` to create a new message.
  */
 export const WatchImagesRequestSchema: GenMessage<WatchImagesRequest> = /*@__PURE__*/
-  messageDesc(file_imageloc_v1_image_service, 31);
+  messageDesc(file_imageloc_v1_image_service, 33);
 
 /**
  * WatchImagesResponse is one message of the WatchImages stream.
@@ -1252,7 +1406,7 @@ export type WatchImagesResponse = Message<"imageloc.v1.WatchImagesResponse"> & {
  * Use `create(WatchImagesResponseSchema)` to create a new message.
  */
 export const WatchImagesResponseSchema: GenMessage<WatchImagesResponse> = /*@__PURE__*/
-  messageDesc(file_imageloc_v1_image_service, 32);
+  messageDesc(file_imageloc_v1_image_service, 34);
 
 /**
  * ImageEvent is one committed change to an image.
@@ -1295,7 +1449,7 @@ export type ImageEvent = Message<"imageloc.v1.ImageEvent"> & {
  * Use `create(ImageEventSchema)` to create a new message.
  */
 export const ImageEventSchema: GenMessage<ImageEvent> = /*@__PURE__*/
-  messageDesc(file_imageloc_v1_image_service, 33);
+  messageDesc(file_imageloc_v1_image_service, 35);
 
 /**
  * ImageStatus is Glance's image status.
@@ -1483,9 +1637,11 @@ export const ImageEventTypeSchema: GenEnum<ImageEventType> = /*@__PURE__*/
 export const ImageService: GenService<{
   /**
    * CreateImage registers a new image in status QUEUED.
-   * Errors: INVALID_ARGUMENT INVALID_REQUEST (bad id, name, format or
-   * visibility); ALREADY_EXISTS IMAGE_EXISTS (the id is taken, also by a
-   * deleted image).
+   * Errors: INVALID_ARGUMENT INVALID_REQUEST (bad id, name, format,
+   * visibility, min_disk, min_ram, tag or property); INVALID_ARGUMENT
+   * RESERVED_PROPERTY; RESOURCE_EXHAUSTED PROPERTY_QUOTA_EXCEEDED or
+   * TAG_QUOTA_EXCEEDED; ALREADY_EXISTS IMAGE_EXISTS (the id is taken, also by
+   * a deleted image).
    *
    * @generated from rpc imageloc.v1.ImageService.CreateImage
    */
@@ -1493,6 +1649,31 @@ export const ImageService: GenService<{
     methodKind: "unary";
     input: typeof CreateImageRequestSchema;
     output: typeof CreateImageResponseSchema;
+  },
+  /**
+   * UpdateImage changes an image's record (AIP-134): the fields named in
+   * update_mask take their values from `image`, whose id says which image.
+   * Paths: name, disk_format, container_format, visibility, protected,
+   * min_disk, min_ram, tags, os_hidden, virtual_size, properties (the whole
+   * map) and properties.KEY (one property; absent from image.properties
+   * removes it). disk_format and container_format change only while the
+   * image is queued. Policy modify_image; making an image public or
+   * community also needs publicize_image or communitize_image.
+   * Errors: INVALID_ARGUMENT READ_ONLY_FIELD (status, locations, size,
+   * checksum, os_hash_algo, os_hash_value, owner, id, times, etag, revision:
+   * metadata `field`); INVALID_ARGUMENT INVALID_REQUEST (no mask, an unknown
+   * path, a bad value); INVALID_ARGUMENT RESERVED_PROPERTY (a property key
+   * that names an image field or starts with os_glance); RESOURCE_EXHAUSTED
+   * PROPERTY_QUOTA_EXCEEDED or TAG_QUOTA_EXCEEDED; FAILED_PRECONDITION
+   * IMAGE_STATUS_CONFLICT (a format of an image that is not queued); ABORTED
+   * ETAG_MISMATCH.
+   *
+   * @generated from rpc imageloc.v1.ImageService.UpdateImage
+   */
+  updateImage: {
+    methodKind: "unary";
+    input: typeof UpdateImageRequestSchema;
+    output: typeof UpdateImageResponseSchema;
   },
   /**
    * GetImage returns one image.

@@ -104,6 +104,14 @@ class PolicyAccess:
             raise _denied(extra, "", f"You are not permitted to create {visibility.value} images.")
         return owner
 
+    def authorize_visibility(self, image: Image, visibility: Visibility) -> None:
+        """Making an image public or community also takes publicize_image or
+        communitize_image, as Glance's policy checks of an update do."""
+        extra = VISIBILITY_RULES.get(visibility)
+        if extra is not None and not self._allows(extra, _target(image)):
+            message = f"You are not permitted to set visibility to {visibility.value}."
+            raise _denied(extra, image.id, message)
+
     def listing(self, visibility: Visibility | None) -> ListScope:
         """The scope of the caller's listing, as Glance's list query builds it."""
         project = self._principal.project_id

@@ -91,6 +91,10 @@ class CallerAccess(Protocol):
         """The owner a new image gets when this caller creates it, or refuse."""
         ...
 
+    def authorize_visibility(self, image: Image, visibility: Visibility) -> None:
+        """Let this call give image (which it may change) this visibility, or refuse."""
+        ...
+
     def listing(self, visibility: Visibility | None) -> ListScope:
         """The scope of this caller's listing, or refuse it."""
         ...
@@ -116,6 +120,9 @@ class Unrestricted:
     def owner_of_new_image(self, *, owner: str | None, visibility: Visibility) -> str:
         """The owner asked for, or none."""
         return owner or ""
+
+    def authorize_visibility(self, image: Image, visibility: Visibility) -> None:
+        """Every visibility is allowed."""
 
     def listing(self, visibility: Visibility | None) -> ListScope:
         """Every image, of the visibility asked for."""

@@ -35,12 +35,17 @@ class Reason(enum.StrEnum):
     REVISION_COMPACTED = "REVISION_COMPACTED"
     FUTURE_REVISION = "FUTURE_REVISION"
     WATCHER_TOO_SLOW = "WATCHER_TOO_SLOW"
+    READ_ONLY_FIELD = "READ_ONLY_FIELD"
+    RESERVED_PROPERTY = "RESERVED_PROPERTY"
+    PROPERTY_QUOTA_EXCEEDED = "PROPERTY_QUOTA_EXCEEDED"
+    TAG_QUOTA_EXCEEDED = "TAG_QUOTA_EXCEEDED"
 
 
 class Action(enum.StrEnum):
     """What the caller asked for; Glance answers some refusals differently per action."""
 
     CREATE = "create"
+    UPDATE = "update"
     GET = "get"
     LIST = "list"
     DELETE = "delete"

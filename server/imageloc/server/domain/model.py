@@ -92,6 +92,12 @@ class Image:
     protected: bool = False
     revision: int = 1
     store_revision: int = 0
+    min_disk: int = 0
+    min_ram: int = 0
+    tags: tuple[str, ...] = ()
+    os_hidden: bool = False
+    virtual_size: int | None = None
+    properties: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def with_hashes(self, values: Mapping[str, str]) -> Image:
         """This image with the checksum, os_hash_algo and os_hash_value in values."""

@@ -10,8 +10,9 @@ from typing import Any
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
-from imageloc.server.domain import inputs
+from imageloc.server.domain import inputs, record
 from imageloc.server.domain.model import Image, ImageStatus, Location, ValidationData, Visibility
+from imageloc.server.domain.record import ImageUpdate
 from imageloc.server.service import etag_of
 from imageloc.v1 import image_service_pb2 as pb
 
@@ -88,7 +89,7 @@ def location_to_proto(location: Location) -> pb.Location:
 
 def image_to_proto(image: Image, *, locations_shown: bool = True) -> pb.Image:
     """The Image message, etag included; without its locations unless locations_shown."""
-    return pb.Image(
+    message = pb.Image(
         id=image.id,
         name=image.name,
         status=_STATUS_TO_PROTO[image.status],
@@ -109,7 +110,52 @@ def image_to_proto(image: Image, *, locations_shown: bool = True) -> pb.Image:
         update_time=timestamp(image.updated_at),
         etag=etag_of(image),
         revision=image.store_revision,
+        min_disk=image.min_disk,
+        min_ram=image.min_ram,
+        tags=image.tags,
+        os_hidden=image.os_hidden,
+        properties=image.properties,
     )
+    if image.virtual_size is not None:
+        message.virtual_size = image.virtual_size
+    return message
+
+
+#: UpdateImage's mask path of one property, and AIP-161's quoting of a key in a path.
+_PROPERTY_PATH = "properties."
+_QUOTE = "`"
+
+
+def image_update_from_proto(request: pb.UpdateImageRequest) -> ImageUpdate:
+    """The update that request's mask names, with the values of request.image; a path of
+    no updatable field is passed on for the rules to refuse (record.checked_update)."""
+    image = request.image
+    fields: dict[str, Any] = {}
+    properties: dict[str, str | None] = {}
+    all_properties: dict[str, str] | None = None
+    for path in request.update_mask.paths:
+        if path == "properties":
+            all_properties = dict(image.properties)
+        elif path.startswith(_PROPERTY_PATH):
+            key = path[len(_PROPERTY_PATH) :]
+            if len(key) > 1 and key[0] == key[-1] == _QUOTE:
+                key = key[1:-1]
+            properties[key] = image.properties.get(key)
+        elif path == "visibility":
+            if image.visibility == pb.IMAGE_VISIBILITY_UNSPECIFIED:
+                raise inputs.invalid_request(
+                    "image.visibility", "visibility must be set when update_mask names it"
+                )
+            fields[path] = visibility_from_proto(image.visibility, field="image.visibility")
+        elif path == "virtual_size":
+            fields[path] = image.virtual_size if image.HasField("virtual_size") else None
+        elif path == "tags":
+            fields[path] = list(image.tags)
+        elif path in record.UPDATABLE_FIELDS:
+            fields[path] = getattr(image, path)
+        else:
+            fields[path] = None
+    return ImageUpdate(fields=fields, properties=properties, all_properties=all_properties)
 
 
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)

@@ -44,14 +44,21 @@ REASON_CODES: dict[Reason, tuple[int, int]] = {
     R.REVISION_COMPACTED: (C.OUT_OF_RANGE, 410),
     R.FUTURE_REVISION: (C.INVALID_ARGUMENT, 400),
     R.WATCHER_TOO_SLOW: (C.RESOURCE_EXHAUSTED, 429),
+    # Glance: "Attribute 'status' is read-only." and "... is reserved.", 403 Forbidden.
+    R.READ_ONLY_FIELD: (C.INVALID_ARGUMENT, 403),
+    R.RESERVED_PROPERTY: (C.INVALID_ARGUMENT, 403),
+    R.PROPERTY_QUOTA_EXCEEDED: (C.RESOURCE_EXHAUSTED, 413),
+    R.TAG_QUOTA_EXCEEDED: (C.RESOURCE_EXHAUSTED, 413),
 }
 
-#: Glance answers a refused deactivate or reactivate with 403, a refused
-#: delayed delete with 400, and upload, stage and import with 409.
-TRANSITION_HTTP_STATUS: dict[Action, int] = {
-    Action.DEACTIVATE: 403,
-    Action.REACTIVATE: 403,
-    Action.DELETE: 400,
+#: Where Glance answers a refusal of one action with another status: a refused deactivate
+#: or reactivate with 403, a refused delayed delete with 400 (upload, stage and import keep
+#: 409), and a format change of an image that is not queued with 403.
+ACTION_HTTP_STATUS: dict[tuple[Reason, Action], int] = {
+    (R.INVALID_TRANSITION, Action.DEACTIVATE): 403,
+    (R.INVALID_TRANSITION, Action.REACTIVATE): 403,
+    (R.INVALID_TRANSITION, Action.DELETE): 400,
+    (R.IMAGE_STATUS_CONFLICT, Action.UPDATE): 403,
 }
 
 #: Refusals that are not the caller's fault: the server's state or load.
@@ -66,8 +73,10 @@ UNAUTHENTICATED_REASON = "UNAUTHENTICATED"
 
 def http_status_of(error: DomainError) -> int:
     """The HTTP status Glance answers for this refusal."""
-    if error.reason is Reason.INVALID_TRANSITION and error.action in TRANSITION_HTTP_STATUS:
-        return TRANSITION_HTTP_STATUS[error.action]
+    if error.action is not None:
+        special = ACTION_HTTP_STATUS.get((error.reason, error.action))
+        if special is not None:
+            return special
     return REASON_CODES[error.reason][1]
 
 

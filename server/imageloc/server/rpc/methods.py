@@ -28,6 +28,7 @@ class Method:
 _ROWS: tuple[tuple[str, str, bool, bool, str | None], ...] = (
     # name, policy, writes, request_id, queued_policy
     ("CreateImage", "add_image", True, True, None),
+    ("UpdateImage", "modify_image", True, True, None),
     ("GetImage", "get_image", False, False, None),
     ("ListImages", "get_images", False, False, None),
     ("DeleteImage", "delete_image", True, True, None),

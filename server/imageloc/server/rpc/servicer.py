@@ -285,7 +285,10 @@ def _image_id(request: object, response: object = None) -> str:
     image = getattr(response, "image", None)
     if image is not None and image.id:
         return str(image.id)
-    return str(getattr(request, "image_id", "") or getattr(request, "id", ""))
+    named = getattr(request, "image", None)  # UpdateImage's
+    return str(
+        getattr(request, "image_id", "") or getattr(request, "id", "") or getattr(named, "id", "")
+    )
 
 
 def _etag(request: object) -> str | None:
@@ -405,8 +408,20 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
             protected=request.protected,
             image_id=request.id if request.HasField("id") else None,
             owner=request.owner if request.HasField("owner") else None,
+            min_disk=request.min_disk,
+            min_ram=request.min_ram,
+            tags=request.tags,
+            os_hidden=request.os_hidden,
+            virtual_size=request.virtual_size if request.HasField("virtual_size") else None,
+            properties=request.properties,
         )
         return pb.CreateImageResponse(image=call.image(image))
+
+    @refusals
+    def UpdateImage(self, request: pb.UpdateImageRequest, call: Call) -> pb.UpdateImageResponse:
+        update = convert.image_update_from_proto(request)
+        image = call.service.update_image(request.image.id, update, etag=_etag(request))
+        return pb.UpdateImageResponse(image=call.image(image))
 
     @refusals
     def GetImage(self, request: pb.GetImageRequest, call: Call) -> pb.GetImageResponse:

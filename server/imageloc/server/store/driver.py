@@ -172,7 +172,12 @@ class Driver:
         one read as its text is decoded here)."""
         if not isinstance(value, str):
             return value
-        return {} if value == "{}" else json.loads(value)  # most locations carry no metadata
+        # Most locations carry no metadata, most images no tags or properties.
+        return _EMPTY_JSON[value]() if value in _EMPTY_JSON else json.loads(value)
+
+
+#: Empty JSON texts, known without decoding.
+_EMPTY_JSON: dict[str, Callable[[], Any]] = {"{}": dict, "[]": list}
 
 
 class LoopDriver(Driver):

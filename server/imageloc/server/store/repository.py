@@ -18,11 +18,19 @@ from imageloc.server.store.driver import Driver, Sql, Statements
 COLUMN_NAMES = (
     "id", "name", "status", "size", "checksum", "os_hash_algo", "os_hash_value", "disk_format",
     "container_format", "visibility", "owner", "protected", "created_at", "updated_at",
-    "revision", "store_revision",
+    "revision", "store_revision", "min_disk", "min_ram", "tags", "os_hidden", "virtual_size",
+    "properties",
 )  # fmt: skip
+#: The columns added after the first outcomes and changes were recorded, and the value
+#: an image recorded before them has.
+LATER_COLUMNS: dict[str, Any] = {
+    "store_revision": 0, "min_disk": 0, "min_ram": 0, "tags": [], "os_hidden": False,
+    "virtual_size": None, "properties": {},
+}  # fmt: skip
 _COLUMNS = ", ".join(COLUMN_NAMES)
 _PAGE_COLUMNS = ", ".join(f"page.{name}" for name in COLUMN_NAMES)
 _CREATED, _UPDATED = COLUMN_NAMES.index("created_at"), COLUMN_NAMES.index("updated_at")
+_JSON_COLUMNS = (COLUMN_NAMES.index("tags"), COLUMN_NAMES.index("properties"))
 _URL, _METADATA = len(COLUMN_NAMES), len(COLUMN_NAMES) + 1  # a joined row's location
 
 # A reader's image and locations in one statement: one round trip, one snapshot.
@@ -133,10 +141,11 @@ class SqlImageRepository:
         """Write new over old if the stored revision is still old.revision; else False."""
         if new.id != old.id:
             raise ValueError(f"cannot save image {new.id} over image {old.id}")
-        olds, news = self._values(old), self._values(new)
+        olds, news = image_columns(old), image_columns(new)
         changed = [i for i in range(1, len(news)) if news[i] != olds[i] or i == _REVISION]
         statement = _update_of(tuple(COLUMN_NAMES[i] for i in changed))
-        values = [news[i] for i in changed]
+        stored = self._values(new)
+        values = [stored[i] for i in changed]
         statements: Statements = [(statement, (*values, old.id, old.revision))]
         if new.locations != old.locations:
             statements.append((_DELETE_LOCATIONS, (new.id,)))
@@ -209,6 +218,8 @@ class SqlImageRepository:
         values = image_columns(image)
         values[_CREATED] = self._driver.time_in(image.created_at)
         values[_UPDATED] = self._driver.time_in(image.updated_at)
+        for column in _JSON_COLUMNS:
+            values[column] = self._driver.json_in(values[column])
         return values
 
     def _image(self, row: Sequence[Any], locations: tuple[Location, ...]) -> Image:
@@ -216,6 +227,8 @@ class SqlImageRepository:
         values = list(row[: len(COLUMN_NAMES)])
         values[_CREATED] = self._driver.time_out(values[_CREATED])
         values[_UPDATED] = self._driver.time_out(values[_UPDATED])
+        for column in _JSON_COLUMNS:
+            values[column] = self._driver.json_out(values[column])
         return image_from_columns(values, locations)
 
     def _location(self, url: str, metadata: Any) -> Location:
@@ -262,6 +275,12 @@ def image_columns(image: Image) -> list[Any]:
         image.updated_at,
         image.revision,
         image.store_revision,
+        image.min_disk,
+        image.min_ram,
+        list(image.tags),
+        image.os_hidden,
+        image.virtual_size,
+        dict(image.properties),
     ]
 
 
@@ -284,6 +303,12 @@ def image_from_columns(values: Sequence[Any], locations: tuple[Location, ...]) -
         updated_at=values[13],
         revision=values[14],
         store_revision=values[15],
+        min_disk=values[16],
+        min_ram=values[17],
+        tags=tuple(values[18]),
+        os_hidden=bool(values[19]),
+        virtual_size=values[20],
+        properties=dict(values[21]),
         locations=locations,
     )
 

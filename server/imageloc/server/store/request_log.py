@@ -13,6 +13,7 @@ from imageloc.server.domain.ports import RecordedOutcome, RequestKey
 from imageloc.server.store.driver import Driver, Rider, Sql
 from imageloc.server.store.repository import (
     COLUMN_NAMES,
+    LATER_COLUMNS,
     image_columns,
     image_from_columns,
     plain_json,
@@ -115,10 +116,8 @@ def encode_image(image: Image) -> dict[str, Any]:
 
 def decode_image(encoded: dict[str, Any]) -> Image:
     """The image encode_image encoded."""
-    # Outcomes recorded before the change log have no store_revision: 0, as their rows had.
-    values = [
-        encoded.get(name, 0) if name == "store_revision" else encoded[name] for name in COLUMN_NAMES
-    ]
+    # Outcomes recorded before a column was added have the value its rows were given.
+    values = [encoded[name] if name in encoded else LATER_COLUMNS[name] for name in COLUMN_NAMES]
     values[_CREATED] = datetime.datetime.fromisoformat(encoded["created_at"])
     values[_UPDATED] = datetime.datetime.fromisoformat(encoded["updated_at"])
     locations = tuple(

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Dialect,
@@ -21,6 +22,7 @@ from sqlalchemy import (
     Table,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlmodel import Field, SQLModel
 
@@ -84,6 +86,19 @@ class ImageRow(SQLModel, table=True):
     # The store revision of the image's last change (image_changes.revision).
     store_revision: int = Field(
         default=0, sa_column=Column(BigInteger, nullable=False, server_default="0")
+    )
+    min_disk: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
+    min_ram: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
+    # The tags, a JSON list in their order; the extra properties, a JSON object.
+    tags: list[str] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False, server_default="[]")
+    )
+    os_hidden: bool = Field(
+        default=False, sa_column=Column(Boolean, nullable=False, server_default=false())
+    )
+    virtual_size: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    properties: dict[str, str] = Field(
+        default_factory=dict, sa_column=Column(JSON, nullable=False, server_default="{}")
     )
 
 
