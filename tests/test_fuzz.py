@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import field_mask_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
@@ -46,7 +47,7 @@ FUZZ = settings(
 #: docs/errors.md: reason -> (gRPC code, the httpStatus values it may carry).
 DOCUMENTED: dict[str, tuple[grpc.StatusCode, frozenset[str]]] = {
     "IMAGE_NOT_FOUND": (Code.NOT_FOUND, frozenset({"404"})),
-    "IMAGE_STATUS_CONFLICT": (Code.FAILED_PRECONDITION, frozenset({"409"})),
+    "IMAGE_STATUS_CONFLICT": (Code.FAILED_PRECONDITION, frozenset({"403", "409"})),
     "LAST_LOCATION": (Code.FAILED_PRECONDITION, frozenset({"403"})),
     "EMPTY_LOCATIONS": (Code.INVALID_ARGUMENT, frozenset({"403"})),
     "LOCATIONS_NOT_EMPTY": (Code.FAILED_PRECONDITION, frozenset({"400"})),
@@ -64,6 +65,10 @@ DOCUMENTED: dict[str, tuple[grpc.StatusCode, frozenset[str]]] = {
     "ETAG_MISMATCH": (Code.ABORTED, frozenset({"412"})),
     "INVALID_REQUEST": (Code.INVALID_ARGUMENT, frozenset({"400"})),
     "REQUEST_ID_REUSED": (Code.INVALID_ARGUMENT, frozenset({"422"})),
+    "READ_ONLY_FIELD": (Code.INVALID_ARGUMENT, frozenset({"403"})),
+    "RESERVED_PROPERTY": (Code.INVALID_ARGUMENT, frozenset({"403"})),
+    "PROPERTY_QUOTA_EXCEEDED": (Code.RESOURCE_EXHAUSTED, frozenset({"413"})),
+    "TAG_QUOTA_EXCEEDED": (Code.RESOURCE_EXHAUSTED, frozenset({"413"})),
 }
 
 #: Reasons every request can meet: its shape, and (where it has one) its request_id.
@@ -78,9 +83,15 @@ LOCATION_RULES = frozenset(
     }
 )
 
+#: The record fields' own refusals.
+RECORD = frozenset({"RESERVED_PROPERTY", "PROPERTY_QUOTA_EXCEEDED", "TAG_QUOTA_EXCEEDED"})
+
 #: The proto's "Errors:" line of each RPC, plus SHAPE.
 ALLOWED: dict[str, frozenset[str]] = {
-    "CreateImage": SHAPE | {"IMAGE_EXISTS"},
+    "CreateImage": SHAPE | RECORD | {"IMAGE_EXISTS"},
+    "UpdateImage": SHAPE
+    | RECORD
+    | {"IMAGE_NOT_FOUND", "ETAG_MISMATCH", "READ_ONLY_FIELD", "IMAGE_STATUS_CONFLICT"},
     "GetImage": SHAPE | {"IMAGE_NOT_FOUND"},
     "ListImages": SHAPE,
     "DeleteImage": LIFECYCLE | {"IMAGE_PROTECTED"},
@@ -285,6 +296,61 @@ VALIDATION_DATA: Field = (
     st.none() | validation_data(),
 )
 MUTATION = {"image_id": IMAGE_ID, "etag": ETAG, "request_id": REQUEST_ID}
+#: The record fields: sensible values, and lists and maps from empty to past the quotas.
+TAGS: Field = (
+    st.lists(st.sampled_from(["a", "b", "c"]), max_size=3),
+    st.one_of(st.lists(short_texts(), max_size=5), st.sampled_from([129, 1000]).map(
+        lambda n: [f"t{i}" for i in range(n)]
+    )),
+)  # fmt: skip
+PROPERTIES: Field = (
+    st.dictionaries(st.sampled_from(["hw_disk_bus", "os_distro", "x.y"]), valid_text(), max_size=3),
+    st.one_of(
+        st.dictionaries(short_texts(), short_texts(), max_size=4),
+        st.sampled_from([{"status": "x"}, {"os_glance_x": "y"}, {"k": "v" * 65536}]),
+        st.sampled_from([129, 1000]).map(lambda n: {f"k{i}": "v" for i in range(n)}),
+    ),
+)
+RECORD_FIELDS: dict[str, Field] = {
+    "min_disk": (st.integers(0, 100), int32s()),
+    "min_ram": (st.integers(0, 4096), int32s()),
+    "tags": TAGS,
+    "os_hidden": (st.booleans(), st.booleans()),
+    "virtual_size": (st.none() | st.integers(0, 2**40), int64s()),
+    "properties": PROPERTIES,
+}
+#: Every path UpdateImage knows, read-only ones included, and some it does not.
+MASK_PATHS = [
+    "name", "disk_format", "container_format", "visibility", "protected", "min_disk", "min_ram",
+    "tags", "os_hidden", "virtual_size", "properties", "properties.hw_disk_bus",
+    "properties.`x.y`", "status", "locations", "size", "owner", "id", "etag",
+]  # fmt: skip
+
+
+@st.composite
+def images_to_update(draw: st.DrawFn, *, wild: bool) -> pb.Image:
+    """UpdateImage's image: an id and values for every field a mask may name."""
+    pick = 1 if wild else 0
+    fields: dict[str, Any] = {
+        "id": draw(IMAGE_ID[pick]),
+        "name": draw((valid_text(), texts())[pick]),
+        "disk_format": draw(st.sampled_from(["", "qcow2", "raw"]) if not wild else texts()),
+        "visibility": draw((st.integers(1, 4), enum_numbers())[pick]),
+        "min_disk": draw(RECORD_FIELDS["min_disk"][pick]),
+        "tags": draw(TAGS[pick]),
+        "properties": draw(PROPERTIES[pick]),
+    }
+    image = pb.Image(**fields)
+    virtual_size = draw(RECORD_FIELDS["virtual_size"][pick])
+    if virtual_size is not None:
+        image.virtual_size = virtual_size
+    return image
+
+
+def field_masks(paths: S[str]) -> S[field_mask_pb2.FieldMask]:
+    return st.lists(paths, max_size=4).map(lambda p: field_mask_pb2.FieldMask(paths=p))
+
+
 LOCATION_MUTATION = {**MUTATION, "image_id": LOCATION_TARGET}
 
 FIELDS: dict[str, tuple[type[Message], dict[str, Field]]] = {
@@ -297,6 +363,19 @@ FIELDS: dict[str, tuple[type[Message], dict[str, Field]]] = {
             "visibility": (st.integers(0, 4), enum_numbers()),
             "protected": (st.booleans(), st.booleans()),
             "id": (st.none() | st.uuids().map(str), image_ids()),
+            "request_id": REQUEST_ID,
+            **RECORD_FIELDS,
+        },
+    ),
+    "UpdateImage": (
+        pb.UpdateImageRequest,
+        {
+            "image": (images_to_update(wild=False), images_to_update(wild=True)),
+            "update_mask": (
+                field_masks(st.sampled_from(MASK_PATHS[:12])),
+                field_masks(st.one_of(st.sampled_from(MASK_PATHS), texts())),
+            ),
+            "etag": ETAG,
             "request_id": REQUEST_ID,
         },
     ),
@@ -368,6 +447,8 @@ def requests(draw: st.DrawFn, rpc: str) -> Message:
             continue
         if isinstance(value, Message):
             getattr(request, name).CopyFrom(value)
+        elif isinstance(value, dict):
+            getattr(request, name).update(value)
         elif isinstance(value, list):
             getattr(request, name).extend(value)
         else:
@@ -390,8 +471,9 @@ def world(stub: pb_grpc.ImageServiceStub) -> pb_grpc.ImageServiceStub:
 def resolve(stub: pb_grpc.ImageServiceStub, request: Any) -> None:
     """Replace request's stand-ins with real values from the server."""
     if "etag" in request.DESCRIPTOR.fields_by_name and request.etag == CURRENT_ETAG:
+        image_id = request.image.id if isinstance(request, pb.UpdateImageRequest) else None
         try:
-            found = stub.GetImage(pb.GetImageRequest(image_id=request.image_id))
+            found = stub.GetImage(pb.GetImageRequest(image_id=image_id or request.image_id))
             request.etag = found.image.etag
         except grpc.RpcError:
             pass
