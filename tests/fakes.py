@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import threading
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Self
 
 from imageloc.server.domain.access import ListScope, in_scope
-from imageloc.server.domain.model import GONE_STATUSES, Change, Image, ImageStatus
+from imageloc.server.domain.listing import ImageFilters, Order, comes_after, matches, sort_values
+from imageloc.server.domain.model import GONE_STATUSES, Change, Image
 from imageloc.server.domain.ports import ListCursor, RecordedOutcome, RequestKey, StoreHead
 
 
@@ -41,19 +43,27 @@ class InMemoryImages:
         *,
         limit: int,
         after: ListCursor | None,
-        status: ImageStatus | None,
+        filters: ImageFilters,
+        order: Order,
         scope: ListScope | None = None,
     ) -> Sequence[Image]:
-        ordered = sorted(self.rows.values(), key=lambda i: (i.created_at, i.id), reverse=True)
         chosen = [
             image
-            for image in ordered
+            for image in self.rows.values()
             if image.status not in GONE_STATUSES
-            and (status is None or image.status is status)
+            and matches(image, filters)
             and (scope is None or in_scope(image, scope))
-            and (after is None or (image.created_at, image.id) < after)
+            and (after is None or comes_after(sort_values(image, order), after, order))
         ]
+        chosen.sort(key=functools.cmp_to_key(lambda a, b: _compare(a, b, order)))
         return chosen[:limit]
+
+
+def _compare(a: Image, b: Image, order: Order) -> int:
+    """-1 when a comes before b in order, 1 after, 0 for the same sort values."""
+    if comes_after(sort_values(b, order), sort_values(a, order), order):
+        return -1
+    return 1 if comes_after(sort_values(a, order), sort_values(b, order), order) else 0
 
 
 class InMemoryRequests:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from imageloc.server.domain.listing import ImageFilters, parse_order, sort_values
 from imageloc.server.domain.model import (
     Change,
     ChangeType,
@@ -27,6 +28,8 @@ from imageloc.server.domain.ports import StoreUnavailableError, UnitOfWorkFactor
 from imageloc.server.store import SqlStore
 
 T0 = datetime.datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=datetime.UTC)
+#: The listing's default: every image not hidden, the newest first.
+ANY, NEWEST = ImageFilters(), parse_order("created_at desc")
 
 
 @pytest.fixture
@@ -242,7 +245,9 @@ def test_read_unit_of_work_sees_one_snapshot(database_url: str) -> None:
     add(writer, old)
     new = dataclasses.replace(old, name="new", revision=2, locations=(Location("http://b/2"),))
     with reader.unit_of_work(for_write=False) as uow:
-        assert _ids(list(uow.images.list(limit=10, after=None, status=None))) == [old.id]
+        assert _ids(list(uow.images.list(limit=10, after=None, filters=ANY, order=NEWEST))) == [
+            old.id
+        ]
         with writer.unit_of_work(for_write=True) as write:
             assert write.images.save(old, new)
             write.commit()
@@ -266,7 +271,7 @@ def test_list_is_newest_first_and_skips_gone_images(store: SqlStore) -> None:
     )
     add(store, middle, deleted, oldest, pending, newest)
     with store.unit_of_work(for_write=False) as uow:
-        listed = list(uow.images.list(limit=10, after=None, status=None))
+        listed = list(uow.images.list(limit=10, after=None, filters=ANY, order=NEWEST))
     assert _ids(listed) == [newest.id, middle.id, oldest.id]
     assert listed[0] == newest
 
@@ -276,10 +281,27 @@ def test_list_filters_by_status(store: SqlStore) -> None:
     queued = make_image(created_at=T0 + datetime.timedelta(seconds=1), status=ImageStatus.QUEUED)
     add(store, active, queued)
     with store.unit_of_work(for_write=False) as uow:
-        assert _ids(list(uow.images.list(limit=10, after=None, status=ImageStatus.QUEUED))) == [
-            queued.id
-        ]
-        assert list(uow.images.list(limit=10, after=None, status=ImageStatus.DELETED)) == []
+        assert _ids(
+            list(
+                uow.images.list(
+                    limit=10,
+                    after=None,
+                    filters=ImageFilters(status=ImageStatus.QUEUED),
+                    order=NEWEST,
+                )
+            )
+        ) == [queued.id]
+        assert (
+            list(
+                uow.images.list(
+                    limit=10,
+                    after=None,
+                    filters=ImageFilters(status=ImageStatus.DELETED),
+                    order=NEWEST,
+                )
+            )
+            == []
+        )
 
 
 def test_list_pages_by_keyset_across_equal_created_at(store: SqlStore) -> None:
@@ -291,12 +313,12 @@ def test_list_pages_by_keyset_across_equal_created_at(store: SqlStore) -> None:
     after = None
     with store.unit_of_work(for_write=False) as uow:
         while True:
-            page = list(uow.images.list(limit=2, after=after, status=None))
+            page = list(uow.images.list(limit=2, after=after, filters=ANY, order=NEWEST))
             if not page:
                 break
             assert len(page) <= 2
             seen.extend(page)
-            after = (page[-1].created_at, page[-1].id)
+            after = sort_values(page[-1], NEWEST)
     assert _ids(seen) == expected
     by_id = {image.id: image for image in [*same, *older]}
     assert all(image == by_id[image.id] for image in seen)
@@ -309,7 +331,9 @@ def test_list_cursor_in_another_zone_means_the_same_instant(store: SqlStore) -> 
     minus_five = datetime.timezone(datetime.timedelta(hours=-5))
     cursor = (T0.astimezone(minus_five), first.id)
     with store.unit_of_work(for_write=False) as uow:
-        assert _ids(list(uow.images.list(limit=10, after=cursor, status=None))) == [second.id]
+        assert _ids(list(uow.images.list(limit=10, after=cursor, filters=ANY, order=NEWEST))) == [
+            second.id
+        ]
 
 
 def test_in_memory_sqlite_works() -> None:

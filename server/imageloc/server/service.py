@@ -18,9 +18,10 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 
-from imageloc.server.domain import inputs, locations, record, status
+from imageloc.server.domain import inputs, listing, locations, record, status
 from imageloc.server.domain.access import UNRESTRICTED, CallerAccess
 from imageloc.server.domain.errors import DomainError, Reason, image_not_found
+from imageloc.server.domain.listing import ImageFilters, Order
 from imageloc.server.domain.model import (
     GONE_STATUSES,
     Change,
@@ -43,6 +44,9 @@ from imageloc.server.domain.ports import (
 )
 from imageloc.server.domain.record import ImageUpdate, RecordLimits
 from imageloc.server.domain.validation import check_validation_data_shape
+
+#: A listing with no filter but Glance's default (hidden images left out).
+NO_FILTERS = ImageFilters()
 
 #: A decision: the image as loaded -> the image to save (the same one for a no-op).
 Decision = Callable[[Image], Image]
@@ -148,24 +152,29 @@ class ImageService:
         *,
         page_size: int,
         page_token: str,
-        status: ImageStatus | None,
-        visibility: Visibility | None = None,
+        filters: ImageFilters = NO_FILTERS,
+        order: Order | None = None,
     ) -> Page:
-        """A page of the images the caller may see, newest first, with the next page's token.
+        """A page of the images the caller may see that pass filters, in order (the newest
+        first by default), with the next page's token.
 
         The store filters by the caller's scope; each image of the page is then asked of
         the caller's policy, so a page may hold fewer images than the store found (the
         next page's token follows the store's page, as Glance's next marker does).
         """
         limit = inputs.page_size(page_size)
-        filters = ListFilters(status=status, visibility=visibility)
-        after = _decode_page_token(page_token, filters) if page_token else None
-        scope = self._access.listing(visibility)
+        order = order or listing.parse_order(listing.DEFAULT_ORDER_TEXT)
+        after = _decode_page_token(page_token, filters, order) if page_token else None
+        scope = self._access.listing(filters.visibility)
         with self._uow(for_write=False, deadline=self._deadline) as uow:
-            found = list(uow.images.list(limit=limit + 1, after=after, status=status, scope=scope))
+            found = list(
+                uow.images.list(
+                    limit=limit + 1, after=after, filters=filters, order=order, scope=scope
+                )
+            )
             revision = uow.changes.head().revision  # the page's snapshot: watch from here
         page = found[:limit]
-        token = page_token_after(page[-1], filters) if len(found) > limit else ""
+        token = page_token_after(page[-1], filters, order) if len(found) > limit else ""
         images = [image for image in page if self._access.may_see(image)]
         return Page(images=images, next_page_token=token, revision=revision)
 
@@ -479,38 +488,27 @@ def _visible(image: Image | None, image_id: str) -> Image:
     return image
 
 
-@dataclasses.dataclass(frozen=True)
-class ListFilters:
-    """The filters of a listing: a page token is valid only for the filters it was issued for."""
-
-    status: ImageStatus | None = None
-    visibility: Visibility | None = None
-
-    def encoded(self) -> str | None:
-        """The filters as a page token holds them (None when there are none)."""
-        if self.visibility is None:
-            return self.status and str(self.status)
-        return f"{self.status or ''}/{self.visibility}"
-
-
-def page_token_after(last: Image, filters: ListFilters) -> str:
-    """The page_token of the page that starts after `last` in a listing with these filters."""
-    payload = {"c": last.created_at.isoformat(), "i": last.id, "s": filters.encoded()}
+def page_token_after(last: Image, filters: ImageFilters, order: Order) -> str:
+    """The page_token of the page that starts after `last` in a listing with these filters
+    and this order."""
+    payload = {
+        "v": listing.cursor_to_json(listing.sort_values(last, order)),
+        "f": filters.encoded(),
+        "o": listing.order_text(order),
+    }
     return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
 
 
-def _decode_page_token(token: str, filters: ListFilters) -> ListCursor:
+def _decode_page_token(token: str, filters: ImageFilters, order: Order) -> ListCursor:
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         payload = json.loads(raw)
-        cursor = (datetime.datetime.fromisoformat(payload["c"]), str(uuid.UUID(payload["i"])))
-        token_filters = payload["s"]
-        if cursor[0].tzinfo is None:
-            raise ValueError("a cursor time without a time zone")
+        token_filters, token_order = payload["f"], payload["o"]
+        cursor = listing.cursor_from_json(payload["v"], order)
     except (binascii.Error, ValueError, KeyError, TypeError, AttributeError, RecursionError):
         raise inputs.invalid_request("page_token", "page_token is malformed") from None
-    if token_filters != filters.encoded():
-        raise inputs.invalid_request(
-            "page_token", "page_token was issued for another status or visibility filter"
-        )
+    if token_filters != json.loads(json.dumps(filters.encoded())):
+        raise inputs.invalid_request("page_token", "page_token was issued for other filters")
+    if token_order != listing.order_text(order):
+        raise inputs.invalid_request("page_token", "page_token was issued for another order")
     return cursor

@@ -624,10 +624,38 @@ class ListImagesRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class PropertiesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     VISIBILITY_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    PROPERTIES_FIELD_NUMBER: _builtins.int
+    OS_HIDDEN_FIELD_NUMBER: _builtins.int
+    SIZE_MIN_FIELD_NUMBER: _builtins.int
+    SIZE_MAX_FIELD_NUMBER: _builtins.int
+    ORDER_BY_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """The largest page wanted; 0 means 25, more than 1000 means 1000; negative
     is INVALID_ARGUMENT.
@@ -641,6 +669,33 @@ class ListImagesRequest(_message.Message):
     other projects are left out (as in Glance); with COMMUNITY, every
     community image is listed.
     """
+    name: _builtins.str
+    """Only images of exactly this name."""
+    owner: _builtins.str
+    """Only images of this owner (a project id)."""
+    os_hidden: _builtins.bool
+    """Only hidden images (true) or only the others (false). Absent: the
+    others, as Glance's default listing.
+    """
+    size_min: _builtins.int
+    """Only images of at least this size in bytes."""
+    size_max: _builtins.int
+    """Only images of at most this size in bytes."""
+    order_by: _builtins.str
+    """The order (AIP-132): comma-separated keys, each a field and then asc or
+    desc (asc when absent), of name, status, container_format, disk_format,
+    size, id, created_at and updated_at; ties are broken by id. Empty:
+    "created_at desc", the newest first. A page token holds on only for the
+    filters and order it was issued for.
+    """
+    @_builtins.property
+    def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only images that have every one of these tags."""
+
+    @_builtins.property
+    def properties(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Only images whose extra properties hold every one of these, equal."""
+
     def __init__(
         self,
         *,
@@ -648,15 +703,43 @@ class ListImagesRequest(_message.Message):
         page_token: _builtins.str = ...,
         status: Global___ImageStatus.ValueType | None = ...,
         visibility: Global___ImageVisibility.ValueType | None = ...,
+        name: _builtins.str | None = ...,
+        owner: _builtins.str | None = ...,
+        tags: _abc.Iterable[_builtins.str] | None = ...,
+        properties: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        os_hidden: _builtins.bool | None = ...,
+        size_min: _builtins.int | None = ...,
+        size_max: _builtins.int | None = ...,
+        order_by: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_status", b"_status", "_visibility", b"_visibility", "status", b"status", "visibility", b"visibility"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_name", b"_name", "_os_hidden", b"_os_hidden", "_owner", b"_owner", "_size_max", b"_size_max", "_size_min", b"_size_min", "_status", b"_status", "_visibility", b"_visibility", "name", b"name", "os_hidden", b"os_hidden", "owner", b"owner", "size_max", b"size_max", "size_min", b"size_min", "status", b"status", "visibility", b"visibility"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_status", b"_status", "_visibility", b"_visibility", "page_size", b"page_size", "page_token", b"page_token", "status", b"status", "visibility", b"visibility"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_name", b"_name", "_os_hidden", b"_os_hidden", "_owner", b"_owner", "_size_max", b"_size_max", "_size_min", b"_size_min", "_status", b"_status", "_visibility", b"_visibility", "name", b"name", "order_by", b"order_by", "os_hidden", b"os_hidden", "owner", b"owner", "page_size", b"page_size", "page_token", b"page_token", "properties", b"properties", "size_max", b"size_max", "size_min", b"size_min", "status", b"status", "tags", b"tags", "visibility", b"visibility"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__name: _TypeAlias = _typing.Literal["name"]  # noqa: Y015
+    _WhichOneofArgType__name: _TypeAlias = _typing.Literal["_name", b"_name"]  # noqa: Y015
+    _WhichOneofReturnType__os_hidden: _TypeAlias = _typing.Literal["os_hidden"]  # noqa: Y015
+    _WhichOneofArgType__os_hidden: _TypeAlias = _typing.Literal["_os_hidden", b"_os_hidden"]  # noqa: Y015
+    _WhichOneofReturnType__owner: _TypeAlias = _typing.Literal["owner"]  # noqa: Y015
+    _WhichOneofArgType__owner: _TypeAlias = _typing.Literal["_owner", b"_owner"]  # noqa: Y015
+    _WhichOneofReturnType__size_max: _TypeAlias = _typing.Literal["size_max"]  # noqa: Y015
+    _WhichOneofArgType__size_max: _TypeAlias = _typing.Literal["_size_max", b"_size_max"]  # noqa: Y015
+    _WhichOneofReturnType__size_min: _TypeAlias = _typing.Literal["size_min"]  # noqa: Y015
+    _WhichOneofArgType__size_min: _TypeAlias = _typing.Literal["_size_min", b"_size_min"]  # noqa: Y015
     _WhichOneofReturnType__status: _TypeAlias = _typing.Literal["status"]  # noqa: Y015
     _WhichOneofArgType__status: _TypeAlias = _typing.Literal["_status", b"_status"]  # noqa: Y015
     _WhichOneofReturnType__visibility: _TypeAlias = _typing.Literal["visibility"]  # noqa: Y015
     _WhichOneofArgType__visibility: _TypeAlias = _typing.Literal["_visibility", b"_visibility"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__name) -> _WhichOneofReturnType__name | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__os_hidden) -> _WhichOneofReturnType__os_hidden | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__owner) -> _WhichOneofReturnType__owner | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__size_max) -> _WhichOneofReturnType__size_max | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__size_min) -> _WhichOneofReturnType__size_min | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__status) -> _WhichOneofReturnType__status | None: ...
     @_typing.overload
@@ -681,7 +764,9 @@ class ListImagesResponse(_message.Message):
     """
     @_builtins.property
     def images(self) -> _containers.RepeatedCompositeFieldContainer[Global___Image]:
-        """The images of this page, newest first."""
+        """The images of this page, in the order asked for (the newest first by
+        default).
+        """
 
     def __init__(
         self,

@@ -177,10 +177,12 @@ class ImageServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListImages(self, request, context):
-        """ListImages returns images, newest first, a page at a time. Deleted and
-        pending_delete images are not listed.
+        """ListImages returns images, newest first unless order_by says otherwise,
+        a page at a time, filtered as Glance's list is. Deleted and
+        pending_delete images are not listed, nor hidden ones unless asked for.
         Errors: INVALID_ARGUMENT INVALID_REQUEST (negative page_size, a page_token
-        that is malformed or was issued for another filter, an unknown status).
+        that is malformed or was issued for another filter or order, an unknown
+        status, an unknown sort key).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

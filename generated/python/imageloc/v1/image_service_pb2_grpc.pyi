@@ -80,10 +80,12 @@ class ImageServiceStub:
     deleted or pending_delete).
     """
     ListImages: _grpc.UnaryUnaryMultiCallable[_image_service_pb2.ListImagesRequest, _image_service_pb2.ListImagesResponse]
-    """ListImages returns images, newest first, a page at a time. Deleted and
-    pending_delete images are not listed.
+    """ListImages returns images, newest first unless order_by says otherwise,
+    a page at a time, filtered as Glance's list is. Deleted and
+    pending_delete images are not listed, nor hidden ones unless asked for.
     Errors: INVALID_ARGUMENT INVALID_REQUEST (negative page_size, a page_token
-    that is malformed or was issued for another filter, an unknown status).
+    that is malformed or was issued for another filter or order, an unknown
+    status, an unknown sort key).
     """
     DeleteImage: _grpc.UnaryUnaryMultiCallable[_image_service_pb2.DeleteImageRequest, _image_service_pb2.DeleteImageResponse]
     """DeleteImage marks an image deleted, or pending_delete when the server runs
@@ -220,10 +222,12 @@ class ImageServiceAsyncStub(ImageServiceStub):
     deleted or pending_delete).
     """
     ListImages: _aio.UnaryUnaryMultiCallable[_image_service_pb2.ListImagesRequest, _image_service_pb2.ListImagesResponse]  # type: ignore[assignment]
-    """ListImages returns images, newest first, a page at a time. Deleted and
-    pending_delete images are not listed.
+    """ListImages returns images, newest first unless order_by says otherwise,
+    a page at a time, filtered as Glance's list is. Deleted and
+    pending_delete images are not listed, nor hidden ones unless asked for.
     Errors: INVALID_ARGUMENT INVALID_REQUEST (negative page_size, a page_token
-    that is malformed or was issued for another filter, an unknown status).
+    that is malformed or was issued for another filter or order, an unknown
+    status, an unknown sort key).
     """
     DeleteImage: _aio.UnaryUnaryMultiCallable[_image_service_pb2.DeleteImageRequest, _image_service_pb2.DeleteImageResponse]  # type: ignore[assignment]
     """DeleteImage marks an image deleted, or pending_delete when the server runs
@@ -381,10 +385,12 @@ class ImageServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _image_service_pb2.ListImagesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_image_service_pb2.ListImagesResponse, _abc.Awaitable[_image_service_pb2.ListImagesResponse]]:
-        """ListImages returns images, newest first, a page at a time. Deleted and
-        pending_delete images are not listed.
+        """ListImages returns images, newest first unless order_by says otherwise,
+        a page at a time, filtered as Glance's list is. Deleted and
+        pending_delete images are not listed, nor hidden ones unless asked for.
         Errors: INVALID_ARGUMENT INVALID_REQUEST (negative page_size, a page_token
-        that is malformed or was issued for another filter, an unknown status).
+        that is malformed or was issued for another filter or order, an unknown
+        status, an unknown sort key).
         """
 
     @_abc_1.abstractmethod

@@ -75,7 +75,8 @@ def order_of(keys: Sequence[SortKey]) -> Order:
     for key in keys:
         if key.field not in SORT_KEYS:
             raise inputs.invalid_request(
-                "order_by", f"Invalid sort key: {key.field[:64]}. Valid keys: {', '.join(SORT_KEYS)}"
+                "order_by",
+                f"Invalid sort key: {key.field[:64]}. Valid keys: {', '.join(SORT_KEYS)}",
             )
         if any(k.field == key.field for k in seen):
             raise inputs.invalid_request("order_by", f"sort key {key.field} is given twice")
@@ -148,7 +149,7 @@ def cursor_from_json(encoded: Sequence[Any], order: Order) -> tuple[Any, ...]:
     """The cursor cursor_to_json encoded; ValueError or TypeError when it does not fit order."""
     if len(encoded) != len(order):
         raise ValueError("a cursor of another order")
-    values = []
+    values: list[Any] = []
     for key, value in zip(order, encoded, strict=True):
         if key.field in ("created_at", "updated_at"):
             moment = datetime.datetime.fromisoformat(value)

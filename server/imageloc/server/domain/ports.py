@@ -11,13 +11,14 @@ import functools
 import hashlib
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Protocol, Self
+from typing import Any, Protocol, Self
 
 from imageloc.server.domain.access import ListScope
-from imageloc.server.domain.model import Change, Image, ImageStatus
+from imageloc.server.domain.listing import ImageFilters, Order
+from imageloc.server.domain.model import Change, Image
 
-#: Where a listing resumes: the (created_at, id) of the last image already seen.
-ListCursor = tuple[datetime.datetime, str]
+#: Where a listing resumes: the sort values (listing.sort_values) of the last image seen.
+ListCursor = tuple[Any, ...]
 
 
 class ImageRepository(Protocol):
@@ -44,10 +45,12 @@ class ImageRepository(Protocol):
         *,
         limit: int,
         after: ListCursor | None,
-        status: ImageStatus | None,
+        filters: ImageFilters,
+        order: Order,
         scope: ListScope | None = None,
     ) -> Sequence[Image]:
-        """Images not deleted or pending_delete, newest first (created_at, then id, descending).
+        """Images not deleted or pending_delete that pass filters (listing.matches), in
+        order, starting after the cursor.
 
         scope, when given, keeps only the images in it (domain.access.in_scope).
         """

@@ -11,6 +11,7 @@ from typing import Any
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
 from imageloc.server.domain import inputs, record
+from imageloc.server.domain.listing import ImageFilters
 from imageloc.server.domain.model import Image, ImageStatus, Location, ValidationData, Visibility
 from imageloc.server.domain.record import ImageUpdate
 from imageloc.server.service import etag_of
@@ -166,4 +167,21 @@ def timestamp(moment: datetime.datetime) -> timestamp_pb2.Timestamp:
     since = moment - _EPOCH
     return timestamp_pb2.Timestamp(
         seconds=since.days * 86_400 + since.seconds, nanos=since.microseconds * 1000
+    )
+
+
+def image_filters_from_proto(request: pb.ListImagesRequest) -> ImageFilters:
+    """ListImages' filters; an absent optional filter is no filter."""
+
+    has = request.HasField
+    return ImageFilters(
+        status=status_from_proto(request.status) if has("status") else None,
+        visibility=visibility_filter_from_proto(request.visibility) if has("visibility") else None,
+        name=request.name if has("name") else None,
+        owner=request.owner if has("owner") else None,
+        tags=tuple(request.tags),
+        properties=dict(request.properties),
+        os_hidden=request.os_hidden if has("os_hidden") else None,
+        size_min=request.size_min if has("size_min") else None,
+        size_max=request.size_max if has("size_max") else None,
     )

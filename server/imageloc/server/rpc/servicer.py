@@ -23,7 +23,7 @@ from imageloc.server.auth.audit import AuditLog
 from imageloc.server.auth.authority import Authority
 from imageloc.server.auth.policy import GlancePolicy
 from imageloc.server.auth.tokens import AuthenticationError
-from imageloc.server.domain import inputs
+from imageloc.server.domain import inputs, listing
 from imageloc.server.domain.access import CallerAccess, Principal
 from imageloc.server.domain.errors import DomainError
 from imageloc.server.domain.model import Image
@@ -56,7 +56,6 @@ from imageloc.server.rpc.store_calls import StoreCalls
 from imageloc.server.service import (
     ConcurrentUpdateError,
     ImageService,
-    ListFilters,
     page_token_after,
 )
 from imageloc.v1 import image_service_pb2 as pb
@@ -430,19 +429,13 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
 
     @refusals
     def ListImages(self, request: pb.ListImagesRequest, call: Call) -> pb.ListImagesResponse:
-        filters = ListFilters(
-            status=convert.status_from_proto(request.status)
-            if request.HasField("status")
-            else None,
-            visibility=convert.visibility_filter_from_proto(request.visibility)
-            if request.HasField("visibility")
-            else None,
-        )
+        filters = convert.image_filters_from_proto(request)
+        order = listing.parse_order(request.order_by)
         page = call.service.list_images(
             page_size=request.page_size,
             page_token=request.page_token,
-            status=filters.status,
-            visibility=filters.visibility,
+            filters=filters,
+            order=order,
         )
         response = pb.ListImagesResponse(
             next_page_token=page.next_page_token, revision=page.revision
@@ -453,7 +446,7 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
             size += message.ByteSize() + 8
             if size > MAX_LIST_RESPONSE_BYTES and shown:
                 # A shorter page, so that every client's default 4 MiB receive limit holds.
-                response.next_page_token = page_token_after(page.images[shown - 1], filters)
+                response.next_page_token = page_token_after(page.images[shown - 1], filters, order)
                 break
             response.images.append(message)
         return response

@@ -6,10 +6,13 @@ tables in tables.py (the schema Alembic migrates); test_store runs them on both 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import datetime
+import json
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from imageloc.server.domain.access import ListScope
+from imageloc.server.domain.listing import ImageFilters, Order
 from imageloc.server.domain.model import GONE_STATUSES, Image, ImageStatus, Location, Visibility
 from imageloc.server.domain.ports import ListCursor
 from imageloc.server.store.driver import Driver, Sql, Statements
@@ -96,6 +99,10 @@ _NOT_GONE = "status NOT IN ({})".format(
 )
 
 
+#: A statement's parameters.
+Parameters = list[Any]
+
+
 class SqlImageRepository:
     """Images with their ordered locations in the `images` and `image_locations` tables.
 
@@ -159,36 +166,38 @@ class SqlImageRepository:
         *,
         limit: int,
         after: ListCursor | None,
-        status: ImageStatus | None,
+        filters: ImageFilters,
+        order: Order,
         scope: ListScope | None = None,
     ) -> Sequence[Image]:
-        """Images not deleted or pending_delete, newest first (created_at, then id, descending).
+        """Images not deleted or pending_delete that pass filters, in order, after the cursor.
 
         scope, when given, keeps only the images in it (domain.access.in_scope).
         """
         conditions = [_NOT_GONE]
         parameters: list[Any] = []
-        if status is not None:
-            conditions.append("status = ?")
-            parameters.append(status.value)
+        for condition, values in self._filter_conditions(filters):
+            conditions.append(condition)
+            parameters += values
         if scope is not None:
             condition, values = _scope_condition(scope)
             conditions.append(condition)
             parameters += values
         if after is not None:
-            # A row value, so that both databases seek the index to the cursor instead of
-            # scanning from the top: a deep page costs what the first one does.
-            conditions.append("(created_at, id) < (?, ?)")
-            parameters += [self._driver.time_in(after[0]), after[1]]
+            condition, values = self._after(after, order)
+            conditions.append(condition)
+            parameters += values
         parameters.append(limit)
+        inner = ", ".join(f"{k.field} {'DESC' if k.descending else 'ASC'}" for k in order)
+        outer = ", ".join(f"page.{k.field} {'DESC' if k.descending else 'ASC'}" for k in order)
         # The page and its locations in one statement: one round trip, one snapshot. The
-        # page is keyset-paginated on the (created_at, id) and (status, created_at, id) indexes.
+        # page is keyset-paginated on an index of each sort key and id (tables.py).
         statement = Sql(
             f"SELECT {_PAGE_COLUMNS}, loc.url, {_METADATA_TEXT} FROM"
             f" (SELECT {_COLUMNS} FROM images WHERE {' AND '.join(conditions)}"
-            "  ORDER BY created_at DESC, id DESC LIMIT ?) AS page"
+            f"  ORDER BY {inner} LIMIT ?) AS page"
             " LEFT OUTER JOIN image_locations AS loc ON loc.image_id = page.id"
-            " ORDER BY page.created_at DESC, page.id DESC, loc.position"
+            f" ORDER BY {outer}, loc.position"
         )
         firsts: dict[str, Any] = {}
         grouped: dict[str, list[Location]] = {}
@@ -200,6 +209,69 @@ class SqlImageRepository:
             if row[_URL] is not None:
                 grouped[image_id].append(self._location(row[_URL], row[_METADATA]))
         return [self._image(row, tuple(grouped[image_id])) for image_id, row in firsts.items()]
+
+    def _filter_conditions(self, filters: ImageFilters) -> Iterator[tuple[str, Parameters]]:
+        """Each filter as a WHERE condition and its parameters: the SQL of listing.matches."""
+        equal = {
+            "status": filters.status and filters.status.value,
+            "visibility": filters.visibility and filters.visibility.value,
+            "name": filters.name,
+            "owner": filters.owner,
+        }
+        for column, value in equal.items():
+            if value is not None:
+                yield f"{column} = ?", [value]
+        yield "os_hidden = ?", [bool(filters.os_hidden)]
+        if filters.size_min is not None:
+            yield "size >= ?", [filters.size_min]
+        if filters.size_max is not None:
+            yield "size <= ?", [filters.size_max]
+        postgresql = self._driver.postgresql
+        if filters.tags:
+            if postgresql:  # containment: one condition, the jsonb operator's
+                yield "CAST(tags AS jsonb) @> CAST(? AS jsonb)", [json.dumps(list(filters.tags))]
+            else:
+                for tag in filters.tags:
+                    yield "EXISTS (SELECT 1 FROM json_each(images.tags) WHERE value = ?)", [tag]
+        if filters.properties:
+            if postgresql:
+                yield (
+                    "CAST(properties AS jsonb) @> CAST(? AS jsonb)",
+                    [json.dumps(dict(filters.properties))],
+                )
+            else:
+                for key, value in filters.properties.items():
+                    yield (
+                        "EXISTS (SELECT 1 FROM json_each(images.properties)"
+                        " WHERE key = ? AND value = ?)",
+                        [key, value],
+                    )
+
+    def _after(self, cursor: ListCursor, order: Order) -> tuple[str, Parameters]:
+        """The condition of the images after cursor in order, and its parameters.
+
+        One direction: a row value, which both databases seek their (key, id) index to, so a
+        deep page costs what the first one does. Mixed directions: the first key bounds the
+        index range, and the rest decide among equal firsts.
+        """
+        values = [
+            self._driver.time_in(v) if isinstance(v, datetime.datetime) else v for v in cursor
+        ]
+        fields = [key.field for key in order]
+        if len({key.descending for key in order}) == 1:
+            compare = "<" if order[0].descending else ">"
+            marks = ", ".join("?" for _ in fields)
+            return f"({', '.join(fields)}) {compare} ({marks})", values
+        alternatives: list[str] = []
+        parameters: list[Any] = []
+        for i, key in enumerate(order):
+            equal_before = [f"{field} = ?" for field in fields[:i]]
+            compare = f"{key.field} {'<' if key.descending else '>'} ?"
+            alternatives.append("(" + " AND ".join([*equal_before, compare]) + ")")
+            parameters += [*values[:i], values[i]]
+        first = order[0]
+        bound = f"{first.field} {'<=' if first.descending else '>='} ?"
+        return f"{bound} AND ({' OR '.join(alternatives)})", [values[0], *parameters]
 
     def _location_inserts(self, image_id: str, locations: Sequence[Location]) -> Statements:
         """The INSERTs of locations, at their positions: one per _LOCATIONS_PER_INSERT."""

@@ -59,6 +59,10 @@ class UtcDateTime(TypeDecorator[datetime.datetime]):
         return value.astimezone(datetime.UTC)
 
 
+#: The sort keys beside created_at (whose index is above) that have an index of their own.
+SORTED_BY_INDEX = ("name", "status", "container_format", "disk_format", "size", "updated_at")
+
+
 class ImageRow(SQLModel, table=True):
     """One image record; `revision` makes every save conditional."""
 
@@ -66,6 +70,9 @@ class ImageRow(SQLModel, table=True):
     __table_args__ = (
         Index("ix_images_created_at_id", "created_at", "id"),
         Index("ix_images_status_created_at_id", "status", "created_at", "id"),
+        # One per sort key of ListImages (domain/listing.py), with the id that breaks ties:
+        # a page of any order seeks its index.
+        *(Index(f"ix_images_{key}_id", key, "id") for key in SORTED_BY_INDEX),
     )
 
     id: str = Field(primary_key=True)
