@@ -386,6 +386,18 @@ FIELDS: dict[str, tuple[type[Message], dict[str, Field]]] = {
             "page_size": (st.integers(0, 30), int32s()),
             "page_token": (st.sampled_from(["", REAL_PAGE_TOKEN]), tokens()),
             "status": (st.none() | st.integers(1, 9), enum_numbers()),
+            "name": (st.none() | st.sampled_from(["cirros", "x"]), texts()),
+            "tags": (st.lists(st.sampled_from(["a", "b"]), max_size=2), TAGS[1]),
+            "properties": (st.just({}) | PROPERTIES[0], PROPERTIES[1]),
+            "os_hidden": (st.none() | st.booleans(), st.booleans()),
+            "size_min": (st.none() | st.integers(0, 100), int64s()),
+            "size_max": (st.none() | st.integers(0, 2**40), int64s()),
+            "order_by": (
+                st.sampled_from(
+                    ["", "name", "size desc", "name asc, created_at desc", "updated_at"]
+                ),
+                texts(),
+            ),
         },
     ),
     "DeleteImage": (pb.DeleteImageRequest, MUTATION),
@@ -478,7 +490,13 @@ def resolve(stub: pb_grpc.ImageServiceStub, request: Any) -> None:
         except grpc.RpcError:
             pass
     if isinstance(request, pb.ListImagesRequest) and request.page_token == REAL_PAGE_TOKEN:
-        request.page_token = stub.ListImages(pb.ListImagesRequest(page_size=1)).next_page_token
+        first = pb.ListImagesRequest()
+        first.CopyFrom(request)
+        first.page_size, first.page_token = 1, ""
+        try:  # a token of the same filters and order, when they are valid
+            request.page_token = stub.ListImages(first).next_page_token
+        except grpc.RpcError:
+            request.page_token = ""
 
 
 def check_refusal(rpc: str, error: grpc.RpcError, *, request_bytes: int) -> str:

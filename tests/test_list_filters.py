@@ -199,3 +199,26 @@ def test_a_page_token_holds_only_for_its_filters_and_its_order(
         assert refusal.details[1].field_violations[0].field == "page_token"
     same = stub.ListImages(pb.ListImagesRequest(page_token=token, order_by="name", tags=["t"]))
     assert [image.name for image in same.images] == ["b", "c"]
+
+
+@pytest.mark.parametrize(
+    ("filters", "field"),
+    [
+        ({"tags": [f"t{i}" for i in range(129)]}, "tags"),
+        ({"properties": {f"k{i}": "v" for i in range(129)}}, "properties"),
+        ({"name": "a\x00b"}, "name"),
+        ({"tags": ["ok", "a\x00"]}, "tags[1]"),
+        ({"properties": {"k": "\x00"}}, "properties.k"),
+    ],
+)
+def test_filters_no_store_should_run_are_refused_not_failed(
+    stub: pb_grpc.ImageServiceStub, filters: dict[str, Any], field: str
+) -> None:
+    # Found by the fuzzer: 129 tag filters were SQLite's "expression tree is too large",
+    # answered STORE_UNAVAILABLE; a NUL was PostgreSQL's refusal of the text.
+    refusal = refusal_of(lambda: listed(stub, **filters))
+    assert (refusal.code, refusal.info.reason) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_REQUEST",
+    )
+    assert refusal.details[1].field_violations[0].field == field

@@ -163,6 +163,7 @@ class ImageService:
         next page's token follows the store's page, as Glance's next marker does).
         """
         limit = inputs.page_size(page_size)
+        listing.check_filters(filters)
         order = order or listing.parse_order(listing.DEFAULT_ORDER_TEXT)
         after = _decode_page_token(page_token, filters, order) if page_token else None
         scope = self._access.listing(filters.visibility)

@@ -20,6 +20,8 @@ SORT_KEYS = (
 )  # fmt: skip
 #: Glance's default order: the newest first.
 DEFAULT_ORDER_TEXT = "created_at desc"
+#: The most tags, and properties, one listing may filter by: what an image holds by default.
+MAX_FILTER_ITEMS = 128
 #: The most keys one order may name (every sort key once).
 MAX_SORT_KEYS = len(SORT_KEYS)
 
@@ -66,6 +68,23 @@ class ImageFilters:
             self.size_min,
             self.size_max,
         ]
+
+
+def check_filters(filters: ImageFilters) -> None:
+    """Refuse filters no image could pass or no store should run: a NUL, more tags or
+    properties than an image may hold by default (INVALID_REQUEST)."""
+    texts = {"name": filters.name or "", "owner": filters.owner or ""}
+    texts.update((f"tags[{i}]", tag) for i, tag in enumerate(filters.tags))
+    for key, value in filters.properties.items():
+        texts[f"properties.{key[:64]}"] = key + value
+    for field, text in texts.items():
+        if "\x00" in text:
+            raise inputs.invalid_request(field, f"{field} contains a NUL character")
+    for field, count in (("tags", len(filters.tags)), ("properties", len(filters.properties))):
+        if count > MAX_FILTER_ITEMS:
+            raise inputs.invalid_request(
+                field, f"a listing filters by at most {MAX_FILTER_ITEMS} {field}, not {count}"
+            )
 
 
 def order_of(keys: Sequence[SortKey]) -> Order:
