@@ -29,6 +29,25 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     serve.add_argument("--listen", metavar="ADDR", help="host:port ($IMAGELOC_LISTEN)")
     _add_database(serve)
     serve.add_argument(
+        "--glance-listen",
+        metavar="ADDR",
+        help="also serve Glance's Image API v2 over HTTP on host:port; off by default"
+        " ($IMAGELOC_GLANCE_LISTEN)",
+    )
+    serve.add_argument(
+        "--property-quota",
+        type=int,
+        metavar="N",
+        help="most extra properties per image, negative unlimited (default 128;"
+        " $IMAGELOC_PROPERTY_QUOTA)",
+    )
+    serve.add_argument(
+        "--tag-quota",
+        type=int,
+        metavar="N",
+        help="most tags per image, negative unlimited (default 128; $IMAGELOC_TAG_QUOTA)",
+    )
+    serve.add_argument(
         "--location-quota",
         type=int,
         metavar="N",
@@ -173,6 +192,9 @@ def _settings(args: argparse.Namespace) -> Settings:
         flags |= {
             "listen": args.listen,
             "location_quota": args.location_quota,
+            "glance_listen": args.glance_listen,
+            "property_quota": args.property_quota,
+            "tag_quota": args.tag_quota,
             "drain_seconds": args.drain_seconds,
             "grace_seconds": args.grace_seconds,
             "watch_progress_seconds": args.watch_progress_seconds,

@@ -27,6 +27,7 @@ from imageloc.server.auth import redact
 from imageloc.server.auth.security import Security
 from imageloc.server.config import Settings
 from imageloc.server.event_loop import LoopThread
+from imageloc.server.glance.gateway import GlanceGateway
 from imageloc.server.maintenance import Maintenance
 from imageloc.server.rpc.drain import Admission
 from imageloc.server.rpc.health import DrainingHealth
@@ -96,6 +97,9 @@ class Server:
     maintenance: Maintenance
     loop: LoopThread
     feed: ChangeFeed
+    #: Glance's Image API v2 over HTTP, when settings.glance_listen asks for it.
+    glance: GlanceGateway | None = None
+    glance_listen: str = ""
 
     def start(self) -> None:
         """Accept calls; health follows the store from now on, the feed the change log."""
@@ -105,6 +109,8 @@ class Server:
     async def _start(self) -> None:
         self.feed.start()
         await self.grpc_server.start()
+        if self.glance is not None:
+            await self.glance.start(self.glance_listen)
 
     def stop(self, grace: float | None, *, drain: float = 0.0) -> None:
         """Stop within grace seconds (None: at once, cancelling calls), then close the store.
@@ -119,9 +125,13 @@ class Server:
         self.loop.run(self.health.enter_graceful_shutdown())
         self.maintenance.stop()
         if grace is None:
+            if self.glance is not None:
+                self.loop.run(self.glance.stop())
             self.loop.run(self.grpc_server.stop(None))
         else:
             time.sleep(max(0.0, min(drain, deadline - time.monotonic())))
+            if self.glance is not None:  # its calls in flight are answered first
+                self.loop.run(self.glance.stop())
             self.loop.run(self._drain(deadline))
         self.loop.run(self.feed.stop())
         self.loop.run(self.store.close_loop_connections())
@@ -194,6 +204,11 @@ def build_server(settings: Settings) -> Server:
         loop.close()
         store.dispose()
         raise
+    glance = (
+        GlanceGateway(service, security.authority, calls, audit=security.audit, on_write=feed.wake)
+        if settings.glance_listen
+        else None
+    )
     maintenance = Maintenance(
         store=store,
         # Waits, so that health is set when start() returns (bounded: the loop may be busy).
@@ -213,6 +228,8 @@ def build_server(settings: Settings) -> Server:
         maintenance=maintenance,
         loop=loop,
         feed=feed,
+        glance=glance,
+        glance_listen=settings.glance_listen,
     )
 
 
@@ -294,6 +311,8 @@ def serve(settings: Settings) -> NoReturn:
     log.info(
         "imageloc serving on %s:%d, store %s", host, server.port, _safe_url(settings.database_url)
     )
+    if server.glance is not None:
+        log.info("Glance Image API v2 on http://%s", settings.glance_listen)
     stopping.wait()
     server.stop(settings.grace_seconds, drain=settings.drain_seconds)
     log.info("imageloc stopped")

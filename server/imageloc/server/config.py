@@ -24,6 +24,8 @@ class Settings:
     """Everything `imageloc serve` can be told."""
 
     listen: str = DEFAULT_LISTEN
+    # Glance's Image API v2 over HTTP, host:port; empty: not served (docs/glance-compat.md).
+    glance_listen: str = ""
     database_url: str = DEFAULT_DATABASE
     location_quota: int = 10
     # Glance's image_property_quota and image_tag_quota; negative means unlimited.
@@ -66,11 +68,13 @@ class Settings:
             raise ValueError("--watch-retention-seconds must be above 0")
         if self.auth not in AUTH_MODES:
             raise ValueError(f"--auth must be one of {', '.join(AUTH_MODES)}, not {self.auth!r}")
-        if self.auth == "none" and not self.allow_unauthenticated and not is_loopback(self.listen):
-            raise ValueError(
-                f"--auth none lets any caller do anything, so it serves only on a loopback"
-                f" address, not {self.listen}: use --auth jwt, or --allow-unauthenticated"
-            )
+        for flag, listen in (("", self.listen), ("--glance-listen ", self.glance_listen)):
+            open_to_all = self.auth == "none" and not self.allow_unauthenticated
+            if listen and open_to_all and not is_loopback(listen):
+                raise ValueError(
+                    f"--auth none lets any caller do anything, so it serves only on a loopback"
+                    f" address, not {flag}{listen}: use --auth jwt, or --allow-unauthenticated"
+                )
         if self.auth == "jwt":
             if bool(self.jwks_file) == bool(self.jwks_url):
                 raise ValueError("--auth jwt needs exactly one of --jwks-file and --jwks-url")
@@ -105,6 +109,7 @@ class Settings:
         schemes = env.get("IMAGELOC_LOCATION_SCHEMES")
         return cls(
             listen=env.get("IMAGELOC_LISTEN", base.listen),
+            glance_listen=env.get("IMAGELOC_GLANCE_LISTEN", base.glance_listen),
             database_url=env.get("IMAGELOC_DATABASE", base.database_url),
             location_quota=int(env.get("IMAGELOC_LOCATION_QUOTA", base.location_quota)),
             property_quota=int(env.get("IMAGELOC_PROPERTY_QUOTA", base.property_quota)),

@@ -262,15 +262,7 @@ class ImageService:
 
     def update_image(self, image_id: str, update: ImageUpdate, *, etag: str | None = None) -> Image:
         """Set the record fields update names; a new visibility asks its own policy too."""
-        update = record.checked_update(update, limits=self._limits)
-
-        def decide(image: Image) -> Image:
-            updated = record.apply_update(image, update, limits=self._limits)
-            if updated.visibility is not image.visibility:
-                self._access.authorize_visibility(image, updated.visibility)
-            return updated
-
-        return self._mutate(image_id, etag, decide)
+        return self._mutate(image_id, etag, self.record_updated(update))
 
     def delete_image(self, image_id: str, *, etag: str | None = None) -> Image:
         """-> deleted, or pending_delete under delayed delete for an active image with locations."""
@@ -345,20 +337,8 @@ class ImageService:
         etag: str | None = None,
     ) -> Image:
         """Insert a location (append when index is None)."""
-        if location is None:
-            raise inputs.invalid_request("location", "location is required")
-        check_validation_data_shape(validation_data)
-        return self._mutate(
-            image_id,
-            etag,
-            lambda image: locations.add_location(
-                image,
-                location,
-                index=index,
-                validation_data=validation_data,
-                policy=self._policy,
-            ),
-        )
+        decide = self.location_added(location, index=index, validation_data=validation_data)
+        return self._mutate(image_id, etag, decide)
 
     def remove_location(
         self,
@@ -369,11 +349,7 @@ class ImageService:
         etag: str | None = None,
     ) -> Image:
         """Remove the location at index, or the first with url; exactly one is given."""
-        if (index is None) == (url is None):
-            raise inputs.invalid_request("target", "exactly one of index or url is required")
-        return self._mutate(
-            image_id, etag, lambda image: locations.remove_location(image, index=index, url=url)
-        )
+        return self._mutate(image_id, etag, self.location_removed(index=index, url=url))
 
     def replace_locations(
         self,
@@ -384,18 +360,105 @@ class ImageService:
         etag: str | None = None,
     ) -> Image:
         """Set the whole location list."""
+        decide = self.locations_replaced(new_locations, validation_data=validation_data)
+        return self._mutate(image_id, etag, decide)
+
+    # Decisions, each checked as far as it can be before the image is read; apply() runs
+    # several in one unit of work (the Glance endpoint's PATCH documents).
+
+    def record_updated(self, update: ImageUpdate) -> Decision:
+        """Set the record fields update names; a new visibility asks its own policy too."""
+        update = record.checked_update(update, limits=self._limits)
+
+        def decide(image: Image) -> Image:
+            updated = record.apply_update(image, update, limits=self._limits)
+            if updated.visibility is not image.visibility:
+                self._access.authorize_visibility(image, updated.visibility)
+            return updated
+
+        return decide
+
+    def location_added(
+        self,
+        location: Location | None,
+        *,
+        index: int | None = None,
+        validation_data: ValidationData | None = None,
+    ) -> Decision:
+        """Insert a location (append when index is None)."""
+        if location is None:
+            raise inputs.invalid_request("location", "location is required")
         check_validation_data_shape(validation_data)
-        return self._mutate(
-            image_id,
-            etag,
-            lambda image: locations.replace_locations(
-                image, new_locations, validation_data=validation_data, policy=self._policy
-            ),
+        return lambda image: locations.add_location(
+            image, location, index=index, validation_data=validation_data, policy=self._policy
         )
+
+    def location_added_to_queued(
+        self, location: Location, *, validation_data: ValidationData | None = None
+    ) -> Decision:
+        """Glance 2.17's add-location: a queued image's first location."""
+        check_validation_data_shape(validation_data)
+        return lambda image: locations.add_location_to_queued(
+            image, location, validation_data=validation_data, policy=self._policy
+        )
+
+    def location_removed(self, *, index: int | None = None, url: str | None = None) -> Decision:
+        """Remove the location at index, or the first with url; exactly one is given."""
+        if (index is None) == (url is None):
+            raise inputs.invalid_request("target", "exactly one of index or url is required")
+        return lambda image: locations.remove_location(image, index=index, url=url)
+
+    def locations_replaced(
+        self, new_locations: Sequence[Location], *, validation_data: ValidationData | None = None
+    ) -> Decision:
+        """Set the whole location list."""
+        check_validation_data_shape(validation_data)
+        return lambda image: locations.replace_locations(
+            image, new_locations, validation_data=validation_data, policy=self._policy
+        )
+
+    def tag_set(self, tag: str, *, present: bool) -> Decision:
+        """Add tag at the end of the image's tags, or take it away; either may be a no-op."""
+        record.checked_tags([tag], limits=self._limits)
+
+        def decide(image: Image) -> Image:
+            if present == (tag in image.tags):
+                return image
+            tags = [*image.tags, tag] if present else [t for t in image.tags if t != tag]
+            update = record.checked_update(ImageUpdate(fields={"tags": tags}), limits=self._limits)
+            return record.apply_update(image, update, limits=self._limits)
+
+        return decide
+
+    def apply(
+        self,
+        image_id: str,
+        decisions: Sequence[Decision],
+        *,
+        also: Sequence[CallerAccess] = (),
+        etag: str | None = None,
+    ) -> Image:
+        """Every decision in turn on the image, in one unit of work: all are saved, or
+        none when one refuses. also: the accesses of the other policies the decisions
+        need, each asked of the image as this call's own is."""
+
+        def decide(image: Image) -> Image:
+            for decision in decisions:
+                image = decision(image)
+            return image
+
+        return self._mutate(image_id, etag, decide, also=also)
 
     # The one write path
 
-    def _mutate(self, image_id: str, etag: str | None, decide: Decision) -> Image:
+    def _mutate(
+        self,
+        image_id: str,
+        etag: str | None,
+        decide: Decision,
+        *,
+        also: Sequence[CallerAccess] = (),
+    ) -> Image:
         image_id = inputs.parse_image_id(image_id)
         for _ in range(MAX_WRITE_ATTEMPTS):
             self._check_deadline(image_id)
@@ -411,6 +474,8 @@ class ImageService:
                     return answered
                 current = _visible(loaded, image_id)
                 self._access.authorize(current)
+                for access in also:
+                    access.authorize(current)
                 if etag is not None and etag != etag_of(current):
                     raise DomainError(
                         Reason.ETAG_MISMATCH,

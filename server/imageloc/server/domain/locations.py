@@ -207,3 +207,41 @@ def complete_upload(
     return dataclasses.replace(
         active.with_hashes(given), locations=(location, *image.locations), size=size
     )
+
+
+#: The algorithms the Image API 2.17 location call accepts in its validation data.
+LOCATION_API_ALGORITHMS = ("sha1", "sha256", "sha512", "md5")
+
+
+def add_location_to_queued(
+    image: Image,
+    location: Location,
+    *,
+    validation_data: ValidationData | None,
+    policy: LocationPolicy,
+) -> Image:
+    """Glance 2.17's add-location (POST /v2/images/{id}/locations): a queued image only,
+    whose validation data may use any of LOCATION_API_ALGORITHMS. Glance reads the data
+    from the URL and checks the hashes later; here no data is read, so they are stored as
+    given and the image is active at once."""
+    if image.status is not S.QUEUED:
+        raise DomainError(
+            Reason.IMAGE_STATUS_CONFLICT,
+            f"It's not allowed to add locations if image status is {image.status}.",
+            image_id=image.id,
+            image_status=image.status,
+            metadata={"allowedStatuses": S.QUEUED.value},
+        )
+    algorithm = validation_data.os_hash_algo if validation_data is not None else ""
+    if algorithm and algorithm not in LOCATION_API_ALGORITHMS:
+        raise DomainError(
+            Reason.INVALID_VALIDATION_DATA,
+            f"os_hash_algo must be one of {', '.join(LOCATION_API_ALGORITHMS)},"
+            f" not {algorithm[:64]!r}",
+            image_id=image.id,
+            image_status=image.status,
+            field="validation_data.os_hash_algo",
+        )
+    if algorithm:
+        policy = dataclasses.replace(policy, hashing_algorithm=algorithm)
+    return add_location(image, location, index=None, validation_data=validation_data, policy=policy)

@@ -75,14 +75,14 @@ def require_formats(image: Image) -> None:
 
 def _require_status(image: Image, allowed: frozenset[ImageStatus], *, action: Action) -> None:
     if image.status not in allowed:
-        wanted = " or ".join(sorted(allowed))
+        # Glance's words; the statuses that would do are in the metadata.
         raise DomainError(
             Reason.INVALID_TRANSITION,
-            f"Not allowed to {action.value.replace('_', ' ')} image in status "
-            f"'{image.status}' (wanted {wanted})",
+            f"Not allowed to {action.value.replace('_', ' ')} image in status '{image.status}'",
             image_id=image.id,
             image_status=image.status,
             action=action,
+            metadata={"allowedStatuses": ",".join(sorted(allowed))},
         )
 
 

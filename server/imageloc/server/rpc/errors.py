@@ -80,6 +80,16 @@ def http_status_of(error: DomainError) -> int:
     return REASON_CODES[error.reason][1]
 
 
+def http_status_of_refusal(status: status_pb2.Status) -> tuple[int, str]:
+    """The HTTP status and the reason a refusal's ErrorInfo carries (500 without one): what
+    the Glance endpoint answers, so that HTTP and gRPC callers are told the same."""
+    for packed in status.details:
+        info = error_details_pb2.ErrorInfo()
+        if packed.Unpack(info):
+            return int(info.metadata.get("httpStatus", "500")), info.reason
+    return 500, ""
+
+
 def domain_error_status(error: DomainError) -> status_pb2.Status:
     """A google.rpc.Status with one ErrorInfo and the detail its code calls for."""
     code = REASON_CODES[error.reason][0]
