@@ -61,7 +61,18 @@ def load(
 ) -> dict[str, Any]:  # fmt: skip
     """Run the load generator in its own process (over channels connections, by default
     the last --channels; rate > 0: paced at rate operations per second) and return its
-    figures."""
+    figures. An http:// target is the Glance endpoint: bench/http_load.py loads it."""
+    if target.startswith("http://"):
+        command = [
+            sys.executable, str(HERE / "http_load.py"), "--target", target,
+            "--workload", workload, "--concurrency", str(args.concurrency),
+            "--seconds", str(args.seconds), "--image-ids", ids_file,
+        ]  # fmt: skip
+        done = subprocess.run(
+            command, capture_output=True, text=True, check=True, timeout=args.seconds + 60
+        )
+        figures: dict[str, Any] = json.loads(done.stdout)
+        return figures
     command = [
         sys.executable, str(HERE / "load.py"), "--target", target, "--workload", workload,
         "--concurrency", str(args.concurrency), "--seconds", str(args.seconds),
@@ -168,6 +179,8 @@ def throughput(args: argparse.Namespace) -> int:
         targets = {label: server.target for label, server in servers.items()}
         if envoy is not None:
             targets["envoy"] = envoy
+        if args.glance:
+            targets["glance"] = f"http://{servers['none'].glance}"
         shapes: dict[int, dict[str, list[dict[str, Any]]]] = {}
         for channels in args.channels:
             results: dict[str, list[dict[str, Any]]] = {label: [] for label in targets}
@@ -177,6 +190,8 @@ def throughput(args: argparse.Namespace) -> int:
                     # Alternate the order, so that drift of the machine is shared alike.
                     order = list(targets) if number % 2 == 0 else list(reversed(targets))
                     for label in order:
+                        if label == "glance" and workload not in GLANCE_WORKLOADS:
+                            continue
                         server = servers.get(label, servers["none"])
                         rounds[label].append(
                             load(
@@ -185,7 +200,8 @@ def throughput(args: argparse.Namespace) -> int:
                             )
                         )  # fmt: skip
                 for label, figures in rounds.items():
-                    results[label].append(combined(figures))
+                    if figures:
+                        results[label].append(combined(figures))
             shapes[channels] = results
         plain = servers["none"]
         rss_end = [rss_mib(pid) for pid in plain.pids]
@@ -199,6 +215,8 @@ def throughput(args: argparse.Namespace) -> int:
             report_auth(results["none"], results["jwt"])
         if "envoy" in results:
             report_envoy(results["none"], results["envoy"])
+        if "glance" in results:
+            report_glance(results["none"], results["glance"])
         errors += sum(sum(r["errors"].values()) for run in results.values() for r in run)
         print()
     if watched is not None:
@@ -236,6 +254,38 @@ def report_envoy(direct: list[dict[str, Any]], proxied: list[dict[str, Any]]) ->
             f"| {via['calls_per_s'] / plain['calls_per_s']:.2f} | {via['p99_ms']:.1f} "
             f"| {errors} |"
         )
+
+
+#: The workloads the Glance endpoint runs too (bench/http_load.py), and Glance 33's own
+#: rates measured on this kind of machine: GETs/s, and add+remove cycles/s.
+GLANCE_WORKLOADS = ("GetImage", "AddLocation+RemoveLocation")
+GLANCE_33_RATES = {"GetImage": (62.0, 100.0), "AddLocation+RemoveLocation": (7.8, 13.0)}
+
+
+def report_glance(grpc_figures: list[dict[str, Any]], http: list[dict[str, Any]]) -> None:
+    """The Glance endpoint's throughput beside the same work over gRPC, and beside Glance 33."""
+    print()
+    print("Glance Image API v2 over HTTP (serve --glance-listen), beside the same work over gRPC:")
+    print()
+    print(
+        "| workload | gRPC ops/s | HTTP ops/s | HTTP / gRPC | HTTP p99 ms "
+        "| HTTP / Glance 33 (at its best) | errors |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    by_name = {figures["workload"]: figures for figures in grpc_figures}
+    for over_http in http:
+        name = over_http["workload"]
+        direct = by_name[name]
+        best = GLANCE_33_RATES[name][1]
+        errors = ", ".join(f"{k} {v}" for k, v in over_http["errors"].items()) or "0"
+        print(
+            f"| {name} | {direct['operations_per_s']:,.0f} | {over_http['operations_per_s']:,.0f} "
+            f"| {over_http['operations_per_s'] / direct['operations_per_s']:.2f} "
+            f"| {over_http['p99_ms']:.1f} | {over_http['operations_per_s'] / best:,.0f}x "
+            f"| {errors} |"
+        )
+    print("(an add+remove operation is one cycle: two calls; Glance 33 did 7.8-13 cycles/s")
+    print(" and 62-100 GETs/s on this kind of machine)")
 
 
 WATCHED_WORKLOAD = "AddLocation+RemoveLocation"
@@ -386,6 +436,7 @@ class Started:
     token_file: str
     pids: list[int]
     rss_start: list[float | None]
+    glance: str = ""  # host:port of the Glance endpoint, with --glance
 
 
 @contextlib.contextmanager
@@ -402,6 +453,9 @@ def started(
         "--database", database, "--audit-log", str(pathlib.Path(tmp, f"audit-{label}.log")),
         *auth,
     ]  # fmt: skip
+    glance = f"127.0.0.1:{free_port()}" if args.glance and label == "none" else ""
+    if glance:
+        server += ["--glance-listen", glance]
     servers = [] if args.target else [server] * args.processes
     if servers:  # as an operator would: migrate, then start the servers
         subprocess.run(
@@ -414,7 +468,9 @@ def started(
         wait_serving(target)
         ids = seed(target, args.images, token)
         pathlib.Path(ids_file).write_text("\n".join(ids) + "\n")
-        yield Started(target, database, ids_file, token_file, pids, [rss_mib(p) for p in pids])
+        yield Started(
+            target, database, ids_file, token_file, pids, [rss_mib(p) for p in pids], glance
+        )
 
 
 def report_auth(plain: list[dict[str, Any]], authed: list[dict[str, Any]]) -> None:
@@ -599,6 +655,11 @@ def main() -> int:
         choices=("none", "jwt"),
         default="none",
         help="jwt: also serve with JWT auth and print each workload's ratio to the run without",
+    )
+    parser.add_argument(
+        "--glance",
+        action="store_true",
+        help="also serve the Glance endpoint and run GetImage and the location cycle over HTTP",
     )
     parser.add_argument(
         "--via-envoy",

@@ -36,6 +36,19 @@ def test_the_benchmark_runs_through_envoy_beside_direct_calls() -> None:
     assert "| GetImage |" in done.stdout.split("Through Envoy")[1]
 
 
+def test_the_benchmark_runs_the_glance_endpoint_beside_grpc() -> None:
+    done = subprocess.run(
+        [sys.executable, str(BENCH), "--fast", "--glance", "--watchers", "0",
+         "--workloads", "GetImage", "AddLocation+RemoveLocation", "--channels", "1"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    table = done.stdout.split("Glance Image API v2 over HTTP")[1]
+    for workload in ("GetImage", "AddLocation+RemoveLocation"):
+        row = next(line for line in table.splitlines() if line.startswith(f"| {workload} |"))
+        assert row.endswith("| 0 |"), row  # no errors over HTTP
+
+
 def test_the_scale_table_runs() -> None:
     done = subprocess.run(
         [sys.executable, str(BENCH), "--fast", "--scale", "100,1000"], capture_output=True,
