@@ -156,6 +156,16 @@ class GlanceGateway:
                 accept=request.headers.get("Accept", ""),
                 headers=headers,
             )
+        except Exception as error:  # a refusal before the call (a bad query), or a bug
+            status = refusal_status(error, f"glance {request.method} {request.path}")
+            code, reason = http_status_of_refusal(status)
+            return error_response(
+                code,
+                status.message,
+                accept=request.headers.get("Accept", ""),
+                reason=reason,
+                headers=headers,
+            )
         response.headers["x-openstack-request-id"] = request_id
         return response
 
