@@ -20,6 +20,7 @@ import pytest
 from imageloc.server.app import build_server
 from imageloc.server.config import Settings
 
+from signing import Issuer
 from support import migrate
 
 PATCH_TYPE = "application/openstack-images-v2.1-json-patch"
@@ -72,6 +73,12 @@ class Glance:
             list(operations),
             headers={"Content-Type": PATCH_TYPE, **headers},
         )
+
+    def show_as(self, path: str, headers: dict[str, str]) -> dict[str, Any]:
+        answer = self.request("GET", path, headers=headers)
+        assert answer.status == 200, answer.text
+        shown: dict[str, Any] = answer.json()
+        return shown
 
     def show(self, image_id: str) -> dict[str, Any]:
         answer = self.request("GET", f"/v2/images/{image_id}")
@@ -375,3 +382,54 @@ def test_image_data_answers_501_saying_where_data_goes(glance: Glance) -> None:
         answer = glance.request(method, path)
         assert answer.status == 501, path
         assert "not image data" in answer.json()["message"]
+
+
+def test_with_jwt_the_bearer_token_rides_in_x_auth_token_under_the_same_policies(
+    database_url: str, tmp_path: pathlib.Path
+) -> None:
+    migrate(database_url)
+    issuer = Issuer.create(tmp_path / "idp", issuer="imageloc-test", audience="imageloc")
+    settings = Settings(
+        listen="127.0.0.1:0",
+        database_url=database_url,
+        auth="jwt",
+        jwks_file=str(issuer.jwks_file),
+        token_issuer="imageloc-test",
+        token_audience="imageloc",
+        glance_listen="127.0.0.1:0",
+    )
+    server = build_server(settings)
+    server.start()
+    try:
+        assert server.glance is not None
+        glance = Glance(server.glance.port)
+
+        def as_(project: str, *roles: str) -> dict[str, str]:
+            return {"X-Auth-Token": issuer.token(project=project, roles=roles)}
+
+        member, stranger = as_("p1", "member"), as_("p2", "member")
+        assert glance.request("GET", "/versions", headers={"X-Auth-Token": ""}).status == 200
+        anonymous = glance.request("GET", "/v2/images", headers={"X-Auth-Token": ""})
+        assert anonymous.status == 401
+        created = glance.request("POST", "/v2/images", {"name": "m"}, headers=member)
+        assert created.status == 201
+        image = created.json()
+        assert image["owner"] == "p1"
+        path = f"/v2/images/{image['id']}"
+        assert glance.request("GET", path, headers=stranger).status == 404  # hidden: private
+        public = glance.patch(
+            image["id"], {"op": "replace", "path": "/visibility", "value": "public"}, **member
+        )
+        assert public.status == 403
+        assert "publicize_image" in public.text or "public" in public.text
+        theirs = glance.request(
+            "POST", "/v2/images", {"name": "t", "owner": "p1"}, headers=stranger
+        )
+        assert theirs.status == 403
+        owner = glance.patch(
+            image["id"], {"op": "replace", "path": "/owner", "value": "p2"}, **member
+        )
+        assert owner.status == 403
+        assert glance.show_as(path, member)["owner"] == "p1"
+    finally:
+        server.stop(None)
