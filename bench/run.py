@@ -556,8 +556,11 @@ def scale(args: argparse.Namespace) -> int:
         now = datetime.datetime.now(datetime.UTC)
         print(f"# imageloc scale, {machine()}, store {database.split(':', 1)[0]}")
         print()
-        print("| images | seed s | GetImage ms/call | ListImages (100) ms/call |")
-        print("|---|---|---|---|")
+        print(
+            "| images | seed s | GetImage ms/call | ListImages (100) ms/call "
+            "| ListImages (100) by name ms/call |"
+        )
+        print("|---|---|---|---|---|")
         for size in sizes:
             started = time.monotonic()
             sample = bulk_seed(store, images, image_locations, start=seeded, stop=size, now=now)
@@ -577,8 +580,8 @@ def scale(args: argparse.Namespace) -> int:
             ]
             with processes(servers, dict(os.environ)):
                 wait_serving(target)
-                get_ms, list_ms = per_call(target, sample, calls=args.calls)
-            print(f"| {size:,} | {seed_s:.1f} | {get_ms:.2f} | {list_ms:.2f} |")
+                get_ms, list_ms, by_name_ms = per_call(target, sample, calls=args.calls)
+            print(f"| {size:,} | {seed_s:.1f} | {get_ms:.2f} | {list_ms:.2f} | {by_name_ms:.2f} |")
         store.dispose()
     return 0
 
@@ -613,8 +616,9 @@ def bulk_seed(
     return sample or [str(uuid.UUID(int=start + 1))]
 
 
-def per_call(target: str, sample: list[str], *, calls: int) -> tuple[float, float]:
-    """Mean ms per sequential GetImage and ListImages(page_size=100) call."""
+def per_call(target: str, sample: list[str], *, calls: int) -> tuple[float, float, float]:
+    """Mean ms per sequential GetImage and ListImages(page_size=100) call, newest first
+    and by name (the keyset of another index), each paging onward with its token."""
     with grpc.insecure_channel(target) as channel:
         stub = pb_grpc.ImageServiceStub(channel)
         stub.GetImage(pb.GetImageRequest(image_id=sample[0]))  # warm up
@@ -622,13 +626,15 @@ def per_call(target: str, sample: list[str], *, calls: int) -> tuple[float, floa
         for i in range(calls):
             stub.GetImage(pb.GetImageRequest(image_id=sample[i % len(sample)]))
         get_ms = 1000 * (time.perf_counter() - started) / calls
-        token = ""
-        started = time.perf_counter()
-        for _ in range(calls):
-            page = stub.ListImages(pb.ListImagesRequest(page_size=100, page_token=token))
-            token = page.next_page_token
-        list_ms = 1000 * (time.perf_counter() - started) / calls
-    return get_ms, list_ms
+        pages = []
+        for order_by in ("", "name"):
+            token = ""
+            started = time.perf_counter()
+            for _ in range(calls):
+                request = pb.ListImagesRequest(page_size=100, page_token=token, order_by=order_by)
+                token = stub.ListImages(request).next_page_token
+            pages.append(1000 * (time.perf_counter() - started) / calls)
+    return get_ms, pages[0], pages[1]
 
 
 def main() -> int:
