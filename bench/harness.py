@@ -1,6 +1,8 @@
-"""What the benchmark and the soak share: free ports, waiting for a server, its RSS.
+"""What the benchmark and the soak share: free ports, waiting for a server, its RSS, and
+the figures a load generator prints.
 
-Imports grpc and the health stubs only; bench/run.py and bench/soak.py import it.
+Imports grpc and the health stubs only; bench/run.py, bench/soak.py and the load
+generators import it.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import pathlib
 import socket
 import subprocess
 import time
+from collections.abc import Mapping
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -62,3 +66,26 @@ def wait_serving(target: str, process: subprocess.Popen[bytes] | None = None) ->
                     return
             time.sleep(0.1)
     raise RuntimeError(f"no server answered SERVING at {target}")
+
+
+def load_figures(
+    workload: str, *, operations: int, latencies: list[float], errors: Mapping[str, int],
+    elapsed: float,
+) -> dict[str, Any]:  # fmt: skip
+    """What a load generator prints: throughput, latency percentiles of its calls, errors."""
+    latencies = sorted(latencies)
+    done = len(latencies)
+
+    def percentile(q: float) -> float:
+        return 1000 * latencies[min(done - 1, int(q * done))] if done else float("nan")
+
+    return {
+        "workload": workload,
+        "operations": operations,
+        "calls_per_s": done / elapsed,
+        "operations_per_s": operations / elapsed,
+        "p50_ms": percentile(0.50),
+        "p99_ms": percentile(0.99),
+        "errors": dict(errors),
+        "seconds": elapsed,
+    }

@@ -2,7 +2,7 @@
 
 Run by bench/run.py --glance beside bench/load.py's gRPC load, with the same workloads'
 work (GET an image; a PATCH that adds a location and one that removes it) and the same
-JSON figures on stdout. Imports only aiohttp.
+JSON figures on stdout (bench/harness.py). Imports aiohttp.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from collections import Counter
 from typing import Any
 
 import aiohttp
+
+from harness import load_figures
 
 PATCH = {"Content-Type": "application/openstack-images-v2.1-json-patch"}
 URL = "https://store.example/bench/{}.img"
@@ -77,22 +79,9 @@ async def run(
 
         await asyncio.gather(*(worker(i) for i in range(concurrency)))
     elapsed = time.monotonic() - began
-    latencies.sort()
-    done = len(latencies)
-
-    def percentile(q: float) -> float:
-        return 1000 * latencies[min(done - 1, int(q * done))] if done else float("nan")
-
-    return {
-        "workload": workload,
-        "operations": operations,
-        "calls_per_s": done / elapsed,
-        "operations_per_s": operations / elapsed,
-        "p50_ms": percentile(0.50),
-        "p99_ms": percentile(0.99),
-        "errors": dict(errors),
-        "seconds": elapsed,
-    }
+    return load_figures(
+        workload, operations=operations, latencies=latencies, errors=errors, elapsed=elapsed
+    )
 
 
 def main() -> None:

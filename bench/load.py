@@ -1,7 +1,7 @@
 """The load generator: one process, N calls in flight on a grpc.aio client, for a bounded time.
 
 Run by bench/run.py as a separate process; prints one JSON object of results on stdout.
-Imports only grpc and the generated stubs.
+Imports grpc, the generated stubs and the figures of bench/harness.py.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ import grpc
 
 from imageloc.v1 import image_service_pb2 as pb
 from imageloc.v1 import image_service_pb2_grpc as pb_grpc
+
+from harness import load_figures
 
 Call = Callable[["pb_grpc.ImageServiceAsyncStub", random.Random], Awaitable[Any]]
 
@@ -156,22 +158,9 @@ async def run(
     elapsed = time.monotonic() - began
     for channel in opened:
         await channel.close(None)
-    latencies.sort()
-    done = len(latencies)
-
-    def percentile(q: float) -> float:
-        return 1000 * latencies[min(done - 1, int(q * done))] if done else float("nan")
-
-    return {
-        "workload": workload,
-        "operations": operations,
-        "calls_per_s": done / elapsed,
-        "operations_per_s": operations / elapsed,
-        "p50_ms": percentile(0.50),
-        "p99_ms": percentile(0.99),
-        "errors": dict(errors),
-        "seconds": elapsed,
-    }
+    return load_figures(
+        workload, operations=operations, latencies=latencies, errors=errors, elapsed=elapsed
+    )
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ import os
 import pathlib
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import pytest
@@ -67,6 +67,22 @@ def refusal_from(error: grpc.RpcError) -> Refusal:
     assert len(infos) == 1, f"want exactly one ErrorInfo in {details}"
     code: grpc.StatusCode = error.code()
     return Refusal(code=code, message=status.message, info=infos[0], details=details)
+
+
+M = TypeVar("M", bound=Message)
+
+
+def filled(message: M, **fields: Any) -> M:
+    """message with fields set: a dict updates a map, a list extends a repeated field."""
+    for name, value in fields.items():
+        target = getattr(message, name)
+        if isinstance(value, dict):
+            target.update(value)
+        elif isinstance(value, list):
+            target.extend(value)
+        else:
+            setattr(message, name, value)
+    return message
 
 
 def location(url: str, **metadata: Any) -> pb.Location:

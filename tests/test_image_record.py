@@ -11,7 +11,7 @@ from google.protobuf import field_mask_pb2
 from imageloc.v1 import image_service_pb2 as pb
 from imageloc.v1 import image_service_pb2_grpc as pb_grpc
 
-from support import location, make_image, refusal_of, status_name
+from support import filled, location, make_image, refusal_of, status_name
 
 
 def get(stub: pb_grpc.ImageServiceStub, image_id: str) -> pb.Image:
@@ -27,15 +27,7 @@ def update(stub: pb_grpc.ImageServiceStub, image: pb.Image, *paths: str, **kwarg
 
 def created(stub: pb_grpc.ImageServiceStub, **fields: object) -> pb.Image:
     request = pb.CreateImageRequest(name="rec", disk_format="raw", container_format="bare")
-    for name, value in fields.items():
-        field = getattr(request, name)
-        if isinstance(value, dict):
-            field.update(value)
-        elif isinstance(value, list):
-            field.extend(value)
-        else:
-            setattr(request, name, value)
-    return stub.CreateImage(request).image
+    return stub.CreateImage(filled(request, **fields)).image
 
 
 def test_create_image_keeps_every_glance_field_and_reads_them_back(

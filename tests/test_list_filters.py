@@ -11,20 +11,12 @@ import pytest
 from imageloc.v1 import image_service_pb2 as pb
 from imageloc.v1 import image_service_pb2_grpc as pb_grpc
 
-from support import MD5, SHA512, location, refusal_of
+from support import MD5, SHA512, filled, location, refusal_of
 
 
 def create(stub: pb_grpc.ImageServiceStub, name: str, **fields: Any) -> pb.Image:
     request = pb.CreateImageRequest(name=name, disk_format="raw", container_format="bare")
-    for key, value in fields.items():
-        target = getattr(request, key)
-        if isinstance(value, dict):
-            target.update(value)
-        elif isinstance(value, list):
-            target.extend(value)
-        else:
-            setattr(request, key, value)
-    return stub.CreateImage(request).image
+    return stub.CreateImage(filled(request, **fields)).image
 
 
 def uploaded(stub: pb_grpc.ImageServiceStub, name: str, size: int, **fields: Any) -> pb.Image:
@@ -48,15 +40,7 @@ def listed(stub: pb_grpc.ImageServiceStub, page_size: int = 1000, **filters: Any
     names: list[str] = []
     token = ""
     while True:
-        request = pb.ListImagesRequest(page_size=page_size, page_token=token)
-        for key, value in filters.items():
-            target = getattr(request, key)
-            if isinstance(value, dict):
-                target.update(value)
-            elif isinstance(value, list):
-                target.extend(value)
-            else:
-                setattr(request, key, value)
+        request = filled(pb.ListImagesRequest(page_size=page_size, page_token=token), **filters)
         response = stub.ListImages(request)
         names += [image.name for image in response.images]
         token = response.next_page_token

@@ -280,21 +280,17 @@ class GlanceGateway:
         return self._image(image, access)
 
     async def _deactivate(self, request: web.Request) -> web.Response:
-        image_id = request.match_info["image_id"]
-        await self._call(
-            request,
-            "DeactivateImage",
-            lambda service, _: service.deactivate_image(_known_id(image_id)),
-        )
-        return _empty(204)
+        return await self._action(request, "DeactivateImage", ImageService.deactivate_image)
 
     async def _reactivate(self, request: web.Request) -> web.Response:
+        return await self._action(request, "ReactivateImage", ImageService.reactivate_image)
+
+    async def _action(
+        self, request: web.Request, rpc: str, move: Callable[[ImageService, str], Image]
+    ) -> web.Response:
+        """POST .../actions/...: the status move, answered 204."""
         image_id = request.match_info["image_id"]
-        await self._call(
-            request,
-            "ReactivateImage",
-            lambda service, _: service.reactivate_image(_known_id(image_id)),
-        )
+        await self._call(request, rpc, lambda service, _: move(service, _known_id(image_id)))
         return _empty(204)
 
     async def _add_tag(self, request: web.Request) -> web.Response:
