@@ -289,3 +289,17 @@ def test_image_wait_and_watch_against_the_server(cli: Cli) -> None:
     status, _, err = cli.run("image", "wait", failed, "--status", "active", "--timeout", "5")
     assert status == 1  # killed never becomes active: said at once, not at the timeout
     assert "STATUS_UNREACHABLE" in err
+
+
+def test_image_update_changes_only_the_fields_given_and_needs_one(target: str) -> None:
+    from imageloc.client import ImageClient
+
+    with ImageClient(target) as client:
+        image = client.create_image("u", tags=["a"], properties={"hw": "scsi", "keep": "1"})
+        changed = client.update_image(
+            image.id, name="v", properties={"os": "x"}, remove_properties=["hw"]
+        )
+        assert (changed.name, list(changed.tags)) == ("v", ["a"])
+        assert dict(changed.properties) == {"keep": "1", "os": "x"}
+    assert main(["--server", target, "image", "update", image.id]) == 2
+    assert main(["--server", target, "image", "create", "--name", "z", "--property", "bad"]) == 2

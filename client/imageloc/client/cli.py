@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        if getattr(args, "action", None) is _update and not _changes_something(args):
+            parser.error("image update: give at least one field to change")
     except SystemExit as exit_:
         return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
     if args.command in server_commands.COMMANDS:
@@ -157,6 +159,9 @@ def _add_image_verbs(
     create.add_argument("--visibility", choices=VISIBILITY_WORDS)
     create.add_argument("--protected", action="store_true")
     create.add_argument("--id", dest="image_id", metavar="UUID", help="default: a new UUID")
+    _add_record_options(create, update=False)
+
+    _add_update_verb(verbs, common)
 
     show = _verb(verbs, common, "show", "Show one image.", action=_show)
     show.add_argument("image_id", metavar="ID")
@@ -165,6 +170,30 @@ def _add_image_verbs(
         verbs, common, "list", "List images, newest first.", action=_list, view="images"
     )
     listing.add_argument("--status", choices=STATUS_WORDS)
+    listing.add_argument("--name", help="only images of exactly this name")
+    listing.add_argument("--owner", metavar="PROJECT", help="only images of this project")
+    listing.add_argument(
+        "--tag", dest="tags", action="append", default=[], metavar="TAG", help="(repeatable)"
+    )
+    listing.add_argument(
+        "--property",
+        dest="properties",
+        action="append",
+        type=_key_value,
+        default=[],
+        metavar="KEY=VALUE",
+        help="only images with this property (repeatable)",
+    )
+    listing.add_argument(
+        "--hidden",
+        dest="os_hidden",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="only hidden images (--no-hidden: the default, hidden ones left out)",
+    )
+    listing.add_argument(
+        "--order-by", default="", metavar="KEYS", help='e.g. "name, size desc" (default newest)'
+    )
     listing.add_argument("--page-size", type=int, default=0, metavar="N")
     listing.add_argument("--limit", type=_non_negative, metavar="N", help="stop after N images")
 
@@ -310,6 +339,79 @@ def _verb(
     return verb
 
 
+def _add_update_verb(
+    verbs: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    """`image update ID`: UpdateImage with a mask of the options given."""
+    update = _verb(
+        verbs,
+        common,
+        "update",
+        "Change an image's record fields (only those given).",
+        action=_update,
+    )
+    update.add_argument("image_id", metavar="ID")
+    update.add_argument("--name")
+    update.add_argument("--disk-format", metavar="FORMAT", help="while queued only")
+    update.add_argument("--container-format", metavar="FORMAT", help="while queued only")
+    update.add_argument("--visibility", choices=VISIBILITY_WORDS)
+    update.add_argument("--protected", action=argparse.BooleanOptionalAction, default=None)
+    _add_record_options(update, update=True)
+    _add_etag(update)
+
+
+def _add_record_options(parser: argparse.ArgumentParser, *, update: bool) -> None:
+    """The record fields of `image create` and `image update` (docs/api.md)."""
+    parser.add_argument("--min-disk", type=int, default=None, metavar="GB")
+    parser.add_argument("--min-ram", type=int, default=None, metavar="MB")
+    parser.add_argument(
+        "--tag",
+        dest="tags",
+        action="append",
+        default=None,
+        metavar="TAG",
+        help="(repeatable)" + ("; replaces the image's tags" if update else ""),
+    )
+    if update:
+        parser.add_argument("--hidden", action=argparse.BooleanOptionalAction, default=None)
+    else:
+        parser.add_argument("--hidden", action="store_true", help="leave out of default lists")
+    parser.add_argument("--virtual-size", type=int, default=None, metavar="BYTES")
+    parser.add_argument(
+        "--property",
+        dest="properties",
+        action="append",
+        type=_key_value,
+        default=[],
+        metavar="KEY=VALUE",
+        help="an extra property (repeatable)",
+    )
+    if update:
+        parser.add_argument(
+            "--remove-property",
+            dest="remove_properties",
+            action="append",
+            default=[],
+            metavar="KEY",
+            help="(repeatable)",
+        )
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    """KEY=VALUE, for argparse (a missing '=' is a usage error)."""
+    key, equals, value = text.partition("=")
+    if not equals or not key:
+        raise argparse.ArgumentTypeError(f"want KEY=VALUE, not {text!r}")
+    return key, value
+
+
+#: `image update`'s options that change something.
+_UPDATE_OPTIONS = (
+    "name", "disk_format", "container_format", "visibility", "protected", "min_disk", "min_ram",
+    "tags", "hidden", "virtual_size",
+)  # fmt: skip
+
+
 def _add_etag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--etag", help="act only if the image's etag is still this one")
 
@@ -447,7 +549,37 @@ def _create(client: ImageClient, args: argparse.Namespace) -> pb.Image:
         visibility=args.visibility,
         protected=args.protected,
         image_id=args.image_id,
+        min_disk=args.min_disk or 0,
+        min_ram=args.min_ram or 0,
+        tags=args.tags or (),
+        os_hidden=args.hidden,
+        virtual_size=args.virtual_size,
+        properties=dict(args.properties),
     )
+
+
+def _update(client: ImageClient, args: argparse.Namespace) -> pb.Image:
+    return client.update_image(
+        args.image_id,
+        name=args.name,
+        disk_format=args.disk_format,
+        container_format=args.container_format,
+        visibility=args.visibility,
+        protected=args.protected,
+        min_disk=args.min_disk,
+        min_ram=args.min_ram,
+        tags=args.tags,
+        os_hidden=args.hidden,
+        virtual_size=args.virtual_size,
+        properties=dict(args.properties),
+        remove_properties=args.remove_properties,
+        etag=args.etag,
+    )
+
+
+def _changes_something(args: argparse.Namespace) -> bool:
+    given = any(getattr(args, option) is not None for option in _UPDATE_OPTIONS)
+    return given or bool(args.properties) or bool(args.remove_properties)
 
 
 def _show(client: ImageClient, args: argparse.Namespace) -> pb.Image:
@@ -455,7 +587,16 @@ def _show(client: ImageClient, args: argparse.Namespace) -> pb.Image:
 
 
 def _list(client: ImageClient, args: argparse.Namespace) -> list[pb.Image]:
-    images = client.list_images(status=args.status, page_size=args.page_size)
+    images = client.list_images(
+        status=args.status,
+        page_size=args.page_size,
+        name=args.name,
+        owner=args.owner,
+        tags=args.tags,
+        properties=dict(args.properties),
+        os_hidden=args.os_hidden,
+        order_by=args.order_by,
+    )
     return list(islice(images, args.limit))
 
 

@@ -7,11 +7,12 @@ raises ImagelocError when the server refuses. Watching and waiting live in watch
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import field_mask_pb2
 from google.protobuf.message import Message
 
 from imageloc.client.channel import bearer_metadata, is_loopback, open_channel, tls_credentials
@@ -168,39 +169,125 @@ class ImageClient:
         visibility: VisibilityLike | None = None,
         protected: bool = False,
         image_id: str | None = None,
+        min_disk: int = 0,
+        min_ram: int = 0,
+        tags: Iterable[str] = (),
+        os_hidden: bool = False,
+        virtual_size: int | None = None,
+        properties: Mapping[str, str] | None = None,
     ) -> pb.Image:
-        """Register a new image, queued; `image_id` None lets the server pick a UUID."""
+        """Register a new image, queued; `image_id` None lets the server pick a UUID.
+
+        The record fields are Glance's (docs/api.md): boot minimums, tags, hidden, the
+        unpacked size (None: unknown) and extra properties.
+        """
         request = pb.CreateImageRequest(
             name=name,
             disk_format=disk_format,
             container_format=container_format,
             visibility=parse_visibility(visibility),
             protected=protected,
+            min_disk=min_disk,
+            min_ram=min_ram,
+            tags=list(tags),
+            os_hidden=os_hidden,
+            properties=dict(properties or {}),
         )
         if image_id is not None:
             request.id = image_id
+        if virtual_size is not None:
+            request.virtual_size = virtual_size
         return self._call(self._stub.CreateImage, request).image
+
+    def update_image(
+        self,
+        image_id: str,
+        *,
+        name: str | None = None,
+        disk_format: str | None = None,
+        container_format: str | None = None,
+        visibility: VisibilityLike | None = None,
+        protected: bool | None = None,
+        min_disk: int | None = None,
+        min_ram: int | None = None,
+        tags: Iterable[str] | None = None,
+        os_hidden: bool | None = None,
+        virtual_size: int | None = None,
+        properties: Mapping[str, str] | None = None,
+        remove_properties: Iterable[str] = (),
+        etag: str | None = None,
+    ) -> pb.Image:
+        """Change the fields given (UpdateImage: each becomes a path of the update mask);
+        `properties` sets those keys, `remove_properties` removes keys; the others stay.
+        `etag` makes the change conditional (ETAG_MISMATCH when the image has changed)."""
+        image = pb.Image(id=image_id)
+        paths: list[str] = []
+        plain: dict[str, Any] = {
+            "name": name, "disk_format": disk_format, "container_format": container_format,
+            "protected": protected, "min_disk": min_disk, "min_ram": min_ram,
+            "os_hidden": os_hidden, "virtual_size": virtual_size,
+        }  # fmt: skip
+        for field, value in plain.items():
+            if value is not None:
+                setattr(image, field, value)
+                paths.append(field)
+        if visibility is not None:
+            image.visibility = parse_visibility(visibility)
+            paths.append("visibility")
+        if tags is not None:
+            image.tags.extend(tags)
+            paths.append("tags")
+        for key, value in (properties or {}).items():
+            image.properties[key] = value
+            paths.append(f"properties.{key}")
+        paths += [f"properties.{key}" for key in remove_properties]
+        request = pb.UpdateImageRequest(
+            image=image, update_mask=field_mask_pb2.FieldMask(paths=paths), etag=etag
+        )
+        return self._call(self._stub.UpdateImage, request).image
 
     def get_image(self, image_id: str) -> pb.Image:
         """The image with this id."""
         return self._call(self._stub.GetImage, pb.GetImageRequest(image_id=image_id)).image
 
     def list_images_page(
-        self, *, page_size: int = 0, page_token: str = "", status: StatusLike | None = None
+        self,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        status: StatusLike | None = None,
+        **filters: Any,
     ) -> pb.ListImagesResponse:
-        """One page of images, newest first; pass its next_page_token for the next."""
+        """One page of images, newest first unless `order_by` says otherwise ("name, size
+        desc"); pass its next_page_token for the next, with the same filters. Filters are
+        ListImagesRequest's: name, owner, tags (each), properties (equal), os_hidden,
+        size_min, size_max, visibility."""
         request = pb.ListImagesRequest(page_size=page_size, page_token=page_token)
         if status is not None:
             request.status = parse_status(status)
+        for field, value in filters.items():
+            if value is None:
+                continue
+            if field == "visibility":
+                request.visibility = parse_visibility(value)
+            elif field == "tags":
+                request.tags.extend(value)
+            elif field == "properties":
+                request.properties.update(value)
+            else:
+                setattr(request, field, value)
         return self._call(self._stub.ListImages, request)
 
     def list_images(
-        self, *, status: StatusLike | None = None, page_size: int = 0
+        self, *, status: StatusLike | None = None, page_size: int = 0, **filters: Any
     ) -> Iterator[pb.Image]:
-        """Every image (in `status` if given), newest first, fetching pages as needed."""
+        """Every image that passes the filters (list_images_page's), in order, fetching
+        pages as needed."""
         token = ""
         while True:
-            page = self.list_images_page(page_size=page_size, page_token=token, status=status)
+            page = self.list_images_page(
+                page_size=page_size, page_token=token, status=status, **filters
+            )
             yield from page.images
             token = page.next_page_token
             if not token:

@@ -57,11 +57,19 @@ def image_text(image: pb.Image) -> str:
         ("checksum", image.checksum),
         ("os_hash_algo", image.os_hash_algo),
         ("os_hash_value", image.os_hash_value),
+        ("min_disk", str(image.min_disk)),
+        ("min_ram", str(image.min_ram)),
+        ("os_hidden", str(image.os_hidden).lower()),
+        ("virtual_size", str(image.virtual_size) if image.HasField("virtual_size") else ""),
+        ("tags", ", ".join(image.tags)),
         ("create_time", _timestamp(image.create_time)),
         ("update_time", _timestamp(image.update_time)),
         ("etag", image.etag),
     ]
     lines = [f"{name}: {value}".rstrip() for name, value in fields]
+    if image.properties:
+        lines.append("properties:")
+        lines += [f"  {key}={value}" for key, value in sorted(image.properties.items())]
     if image.locations:
         lines.append("locations:")
         lines += [f"  {line}" for line in locations_text(image).splitlines()]
