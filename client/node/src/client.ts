@@ -2,7 +2,7 @@
 // transport with keepalive and the shipped service config; refusals throw ImagelocError.
 // The watch logic (ImageWatch, waitForStatus) lives in watch.ts.
 import { randomUUID } from "node:crypto";
-import type { DescMessage, MessageInitShape } from "@bufbuild/protobuf";
+import { type DescMessage, type MessageInitShape, create } from "@bufbuild/protobuf";
 import {
   type CallOptions,
   type Client,
@@ -24,13 +24,16 @@ import {
   type FailUploadRequestSchema,
   type GetImageRequestSchema,
   type Image,
+  ImageSchema,
   ImageService,
   type ImageStatus,
+  type ImageVisibility,
   type ListImagesRequestSchema,
   type ReactivateImageRequestSchema,
   type RemoveLocationRequestSchema,
   type ReplaceLocationRequestSchema,
   type StageImageRequestSchema,
+  type UpdateImageRequestSchema,
 } from "../../../generated/ts/imageloc/v1/image_service_pb.js";
 import { BalancedTransport } from "./balancing.js";
 import { ImagelocError } from "./errors.js";
@@ -62,6 +65,53 @@ export interface ImageClientOptions {
 }
 
 type Init<T extends DescMessage> = MessageInitShape<T>;
+
+/**
+ * The changes of updateImage: each key given (not undefined) becomes a path of the
+ * UpdateImage update_mask, the others stay as they are. `properties` sets those keys (the
+ * other properties stay); `removeProperties` removes keys (one absent already is no error).
+ */
+export interface ImageChanges {
+  name?: string;
+  /** Changes only while the image is queued (FAILED_PRECONDITION IMAGE_STATUS_CONFLICT). */
+  diskFormat?: string;
+  /** Changes only while the image is queued (FAILED_PRECONDITION IMAGE_STATUS_CONFLICT). */
+  containerFormat?: string;
+  /** Not UNSPECIFIED; PUBLIC and COMMUNITY need the publicize_image or communitize_image policy. */
+  visibility?: ImageVisibility;
+  protected?: boolean;
+  minDisk?: number;
+  minRam?: number;
+  /** The whole new list of tags. */
+  tags?: readonly string[];
+  osHidden?: boolean;
+  /** In bytes; null makes it unknown again. */
+  virtualSize?: bigint | number | null;
+  properties?: Readonly<Record<string, string>>;
+  removeProperties?: readonly string[];
+}
+
+/** The options of updateImage: the call's, and UpdateImageRequest's etag and request id. */
+export interface UpdateImageOptions extends CallOptions {
+  /** Change only if the image's etag is still this one (ABORTED ETAG_MISMATCH otherwise). */
+  etag?: string;
+  /** Defaults to a new UUID, which the service config's retries resend. */
+  requestId?: string;
+}
+
+/** The UpdateImage mask path of each field of ImageChanges that is a field of Image. */
+const UPDATE_PATHS = {
+  name: "name",
+  diskFormat: "disk_format",
+  containerFormat: "container_format",
+  visibility: "visibility",
+  protected: "protected",
+  minDisk: "min_disk",
+  minRam: "min_ram",
+  tags: "tags",
+  osHidden: "os_hidden",
+  virtualSize: "virtual_size",
+} as const satisfies Record<Exclude<keyof ImageChanges, "properties" | "removeProperties">, string>;
 
 export class ImageClient {
   /** Closes the connections (one, or one per replica). */
@@ -112,6 +162,16 @@ export class ImageClient {
 
   createImage(req: Init<typeof CreateImageRequestSchema>, opt?: CallOptions): Promise<Image> {
     return image(this.rpc.createImage(withRequestId(req), opt));
+  }
+
+  /**
+   * The UpdateImage RPC: sets the fields given in changes (see ImageChanges), each a path
+   * of the update mask, and returns the image after the change. An update that changes
+   * nothing keeps the etag; changes with no key at all are refused INVALID_REQUEST.
+   */
+  async updateImage(imageId: string, changes: ImageChanges, opt: UpdateImageOptions = {}): Promise<Image> {
+    const { etag, requestId, ...call } = opt;
+    return image(this.rpc.updateImage(withRequestId(updateImageRequest(imageId, changes, etag, requestId)), call));
   }
 
   getImage(req: Init<typeof GetImageRequestSchema>, opt?: CallOptions): Promise<Image> {
@@ -209,6 +269,36 @@ function bearer(token: string | (() => string | Promise<string>)): Interceptor {
  */
 function withRequestId<T extends { requestId?: string }>(req: T): T {
   return req.requestId ? req : { ...req, requestId: randomUUID() };
+}
+
+/** The UpdateImageRequest of updateImage: image with the values given, and their mask. */
+export function updateImageRequest(
+  imageId: string,
+  changes: ImageChanges,
+  etag?: string,
+  requestId?: string,
+): Init<typeof UpdateImageRequestSchema> {
+  const img = create(ImageSchema, { id: imageId, properties: { ...changes.properties } });
+  const fields = img as unknown as Record<string, unknown>;
+  const paths: string[] = [];
+  for (const [field, path] of Object.entries(UPDATE_PATHS)) {
+    const value = changes[field as keyof typeof UPDATE_PATHS];
+    if (value === undefined) continue;
+    paths.push(path);
+    if (field === "virtualSize") img.virtualSize = value === null ? undefined : BigInt(value as bigint | number);
+    else fields[field] = Array.isArray(value) ? [...value] : value;
+  }
+  for (const key of Object.keys(img.properties)) paths.push(propertyPath(key));
+  for (const key of changes.removeProperties ?? []) {
+    if (Object.hasOwn(img.properties, key)) throw new TypeError(`imageloc: property ${key} is both set and removed`);
+    paths.push(propertyPath(key));
+  }
+  return { image: img, updateMask: { paths }, etag, requestId: requestId ?? "" };
+}
+
+/** The mask path of one property; a key other than letters, digits and _ in backquotes (AIP-161). */
+function propertyPath(key: string): string {
+  return /^[A-Za-z0-9_]+$/.test(key) ? `properties.${key}` : `properties.\`${key}\``;
 }
 
 /** The image of a response (every response carries one); errors become ImagelocError. */

@@ -2,7 +2,15 @@
 // waitForStatus, WaitError), the service config, and the generated messages and
 // enums (Image, ImageEvent, ImageStatus, ...).
 export { BalancedTransport, EJECT_MS, type BalancedTransportOptions } from "./balancing.js";
-export { ImageClient, KEEPALIVE, type ImageClientOptions, type TlsOptions } from "./client.js";
+export {
+  ImageClient,
+  KEEPALIVE,
+  updateImageRequest,
+  type ImageChanges,
+  type ImageClientOptions,
+  type TlsOptions,
+  type UpdateImageOptions,
+} from "./client.js";
 export { ERROR_DOMAIN, ImagelocError } from "./errors.js";
 export {
   ImageWatch,

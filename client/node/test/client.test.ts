@@ -10,13 +10,31 @@ import { after, before, describe, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { Code, type Interceptor } from "@connectrpc/connect";
 import { PreconditionFailureSchema } from "../../../generated/ts/google/rpc/error_details_pb.js";
-import { ImageClient, ImageEventType, ImageService, ImageStatus, ImagelocError, ServiceConfig } from "../src/index.js";
+import {
+  ImageClient,
+  ImageEventType,
+  ImageService,
+  ImageStatus,
+  ImageVisibility,
+  ImagelocError,
+  ServiceConfig,
+  updateImageRequest,
+} from "../src/index.js";
 import { freePort, waitForPort } from "./ports.js";
 
 const REPO_ROOT = fileURLToPath(new URL("../../../", import.meta.url));
 const SERVER_BIN = path.join(REPO_ROOT, ".venv", "bin", "imageloc");
 const URL_A = "https://store.example/a.img";
 const URL_B = "rbd://fsid/pool/b/snap";
+/** The record fields of a new image, all set. */
+const RECORD = {
+  minDisk: 10,
+  minRam: 512,
+  tags: ["ubuntu", "lts"],
+  osHidden: true,
+  virtualSize: 10n * 2n ** 30n,
+  properties: { hw_disk_bus: "scsi", os_distro: "ubuntu", "owner_specified.openstack.md5": "d41d8cd9" },
+};
 
 /** Runs fn, which must throw an ImagelocError, and returns it. */
 async function refusal(fn: () => Promise<unknown>): Promise<ImagelocError> {
@@ -132,10 +150,120 @@ describe("ImageClient against imageloc serve", () => {
     assert.deepEqual(seen[0].image, active);
   });
 
+  test("createImage's record fields round-trip through getImage", async () => {
+    const created = await client.createImage({ name: "record", diskFormat: "qcow2", containerFormat: "bare", ...RECORD });
+    assert.equal(created.minDisk, RECORD.minDisk);
+    assert.equal(created.minRam, RECORD.minRam);
+    assert.deepEqual(created.tags, RECORD.tags);
+    assert.equal(created.osHidden, true);
+    assert.equal(created.virtualSize, RECORD.virtualSize);
+    assert.deepEqual(created.properties, RECORD.properties);
+    assert.deepEqual(await client.getImage({ imageId: created.id }), created);
+
+    const bare = await client.createImage({ name: "bare" });
+    assert.equal(bare.virtualSize, undefined, "virtual_size absent while unknown");
+    assert.deepEqual([bare.minDisk, bare.minRam, bare.tags, bare.osHidden, bare.properties], [0, 0, [], false, {}]);
+  });
+
+  test("updateImage changes only the fields given", async () => {
+    const created = await client.createImage({ name: "before", diskFormat: "qcow2", containerFormat: "bare", ...RECORD });
+    const updated = await client.updateImage(created.id, {
+      name: "after",
+      minRam: 1024,
+      visibility: ImageVisibility.SHARED,
+      properties: { hw_disk_bus: "virtio", hw_qemu_guest_agent: "yes" },
+    });
+    assert.equal(updated.name, "after");
+    assert.equal(updated.minRam, 1024);
+    assert.equal(updated.visibility, ImageVisibility.SHARED);
+    assert.deepEqual(updated.properties, { ...RECORD.properties, hw_disk_bus: "virtio", hw_qemu_guest_agent: "yes" });
+    assert.notEqual(updated.etag, created.etag);
+    // Every other field is as it was.
+    const unchanged = (i: typeof created) => ({ ...i, name: "", minRam: 0, visibility: 0, properties: {}, etag: "", revision: 0n, updateTime: undefined });
+    assert.deepEqual(unchanged(updated), unchanged(created));
+    assert.deepEqual(await client.getImage({ imageId: created.id }), updated);
+
+    // Tags are replaced as a whole; a null virtualSize makes it unknown again.
+    const again = await client.updateImage(created.id, { tags: ["noble"], virtualSize: null, osHidden: false, minDisk: 0 });
+    assert.deepEqual(again.tags, ["noble"]);
+    assert.equal(again.virtualSize, undefined);
+    assert.equal(again.osHidden, false);
+    assert.equal(again.minDisk, 0);
+    assert.equal(again.name, "after");
+    assert.equal(again.minRam, 1024);
+    assert.deepEqual(again.properties, updated.properties);
+  });
+
+  test("updateImage's removeProperties removes properties, the others stay", async () => {
+    const created = await client.createImage({ name: "props", ...RECORD });
+    const updated = await client.updateImage(created.id, {
+      removeProperties: ["os_distro", "owner_specified.openstack.md5", "never_set"],
+    });
+    assert.deepEqual(updated.properties, { hw_disk_bus: "scsi" });
+    assert.deepEqual(updated.tags, RECORD.tags);
+    assert.deepEqual((await client.getImage({ imageId: created.id })).properties, { hw_disk_bus: "scsi" });
+  });
+
+  test("updateImage with a stale etag is refused ABORTED ETAG_MISMATCH and changes nothing", async () => {
+    const created = await client.createImage({ name: "etag" });
+    const first = await client.updateImage(created.id, { minDisk: 5 }, { etag: created.etag });
+    assert.equal(first.minDisk, 5);
+
+    const err = await refusal(() => client.updateImage(created.id, { minDisk: 7 }, { etag: created.etag }));
+    assert.equal(err.code, Code.Aborted);
+    assert.equal(err.reason, "ETAG_MISMATCH");
+    assert.equal(err.domain, "imageloc");
+    assert.equal(err.metadata["imageId"], created.id);
+    assert.deepEqual(await client.getImage({ imageId: created.id }), first);
+  });
+
+  test("updateImage of an unknown image is refused NOT_FOUND IMAGE_NOT_FOUND", async () => {
+    const err = await refusal(() => client.updateImage("00000000-0000-4000-8000-00000000dead", { name: "x" }));
+    assert.equal(err.code, Code.NotFound);
+    assert.equal(err.reason, "IMAGE_NOT_FOUND");
+  });
+
   test("listImages pages through every image", async () => {
     const ids = new Set<string>();
     for await (const image of client.listImages({ pageSize: 1 })) ids.add(image.id);
     assert.ok(ids.size >= 2, `listed ${ids.size} images`);
+  });
+});
+
+describe("updateImageRequest", () => {
+  test("names in the mask exactly the keys given, properties as properties.KEY", () => {
+    const req = updateImageRequest("id-1", {
+      name: "n",
+      protected: false,
+      minDisk: 0,
+      tags: [],
+      virtualSize: 5,
+      diskFormat: undefined,
+      properties: { a: "1", "x.y": "2" },
+      removeProperties: ["b"],
+    });
+    assert.deepEqual(req.updateMask?.paths, [
+      "name",
+      "protected",
+      "min_disk",
+      "tags",
+      "virtual_size",
+      "properties.a",
+      "properties.`x.y`",
+      "properties.b",
+    ]);
+    assert.equal(req.image?.id, "id-1");
+    assert.equal(req.image?.virtualSize, 5n);
+    assert.deepEqual(req.image?.properties, { a: "1", "x.y": "2" });
+    assert.equal(req.etag, undefined);
+  });
+
+  test("virtualSize null is in the mask without a value; a key both set and removed is an error", () => {
+    const req = updateImageRequest("id-1", { virtualSize: null }, "etag-1");
+    assert.deepEqual(req.updateMask?.paths, ["virtual_size"]);
+    assert.equal(req.image?.virtualSize, undefined);
+    assert.equal(req.etag, "etag-1");
+    assert.throws(() => updateImageRequest("id-1", { properties: { a: "1" }, removeProperties: ["a"] }), TypeError);
   });
 });
 
@@ -160,6 +288,25 @@ describe("service config interceptor", () => {
       assert.equal(sent.length, maxAttempts);
       assert.match(sent[0] ?? "", /^[0-9a-f-]{36}$/);
       assert.equal(new Set(sent).size, 1, "one requestId for every attempt");
+    } finally {
+      client.close();
+    }
+  });
+
+  test("retries updateImage with one requestId, the caller's when given", async () => {
+    const { counts, requestIds, interceptor } = attemptCounter();
+    const client = new ImageClient(`127.0.0.1:${await freePort()}`, { interceptors: [interceptor] });
+    try {
+      const err = await refusal(() => client.updateImage("x", { name: "y" }, { etag: "e" }));
+      assert.equal(err.code, Code.Unavailable);
+      const attempts = counts.get("UpdateImage") ?? 0;
+      assert.ok(attempts > 1, `${attempts} attempts`);
+      const sent = requestIds.get("UpdateImage") ?? [];
+      assert.match(sent[0] ?? "", /^[0-9a-f-]{36}$/);
+      assert.equal(new Set(sent).size, 1, "one requestId for every attempt");
+
+      await refusal(() => client.updateImage("x", { name: "y" }, { requestId: "mine" }));
+      assert.equal(requestIds.get("UpdateImage")?.at(-1), "mine");
     } finally {
       client.close();
     }
