@@ -14,14 +14,16 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import grpc
 import jsonschema
 import pytest
 
 from imageloc.server.app import build_server
 from imageloc.server.config import Settings
+from imageloc.v1 import image_service_pb2_grpc as pb_grpc
 
 from signing import Issuer
-from support import migrate
+from support import make_image, migrate
 
 PATCH_TYPE = "application/openstack-images-v2.1-json-patch"
 ERRORS_DOC = pathlib.Path(__file__).resolve().parents[1] / "docs" / "errors.md"
@@ -38,10 +40,11 @@ class Answer:
 
 
 class Glance:
-    """Requests to the endpoint on one connection."""
+    """Requests to the endpoint on one connection; target is the same server's gRPC address."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, target: str) -> None:
         self.port = port
+        self.target = target
 
     def request(
         self, method: str, path: str, body: Any = None, *, headers: dict[str, str] | None = None
@@ -91,12 +94,15 @@ class Glance:
 def glance(database_url: str) -> Iterator[Glance]:
     migrate(database_url)
     settings = Settings(
-        listen="127.0.0.1:0", database_url=database_url, glance_listen="127.0.0.1:0"
+        listen="127.0.0.1:0",
+        database_url=database_url,
+        glance_listen="127.0.0.1:0",
+        delayed_delete=True,
     )
     server = build_server(settings)
     server.start()
     assert server.glance is not None
-    yield Glance(server.glance.port)
+    yield Glance(server.glance.port, f"127.0.0.1:{server.port}")
     server.stop(None)
 
 
@@ -153,9 +159,10 @@ def test_create_refuses_read_only_and_reserved_attributes_as_glance_does(glance:
     not_a_string = glance.request("POST", "/v2/images", {"my_int_prop": 5})
     assert not_a_string.status == 400
     image = glance.create(name="x")
+    assert image["visibility"] == "shared"  # Glance's default on create; gRPC's is private
     again = glance.request("POST", "/v2/images", {"id": image["id"]})
     assert again.status == 409
-    assert f"Image with identifier {image['id']} already exists!" in again.json()["message"]
+    assert f"Image ID {image['id']} already exists!" in again.json()["message"]
 
 
 def test_list_pages_with_limit_marker_and_a_relative_next(glance: Glance) -> None:
@@ -246,44 +253,52 @@ def test_patch_refuses_read_only_paths_deep_pointers_and_other_media_types(
     assert old_style.json()["name"] == "v20"
 
 
-def _documented(reason: str) -> int:
+def _documented(reason: str, row_mentions: str) -> int:
+    """The HTTP status docs/errors.md gives reason in the row whose case mentions row_mentions."""
     for line in ERRORS_DOC.read_text().splitlines():
         cells = [c.strip() for c in line.strip("|").split("|")]
-        if len(cells) == 4 and cells[2] == reason and "RemoveLocation" in cells[0]:
+        if len(cells) == 4 and cells[2] == reason and row_mentions in cells[0]:
             return int(cells[3])
     raise AssertionError(reason)
 
 
-@pytest.mark.parametrize("status", ["queued", "active", "deactivated", "deleted"])
+STATUSES = ["queued", "saving", "uploading", "importing", "active", "deactivated", "killed"]
+
+
+@pytest.mark.parametrize("status", [*STATUSES, "deleted", "pending_delete"])
 def test_the_location_rules_answer_glances_http_codes_in_every_status(
     glance: Glance, status: str
 ) -> None:
+    """Each status reached the way a caller would; those HTTP has no call for, through gRPC."""
+    urls = ("https://s/a.img", "https://s/b.img")
+
     def image_in(wanted: str) -> str:
-        if wanted == "queued":
-            return str(glance.create(name="q")["id"])
-        image_id = str(active(glance, "https://s/a.img", "https://s/b.img")["id"])
-        if wanted == "deactivated":
-            deactivated = glance.request("POST", f"/v2/images/{image_id}/actions/deactivate")
-            assert deactivated.status == 204
+        if wanted in STATUSES:
+            with grpc.insecure_channel(glance.target) as channel:
+                stub = pb_grpc.ImageServiceStub(channel)
+                return make_image(stub, wanted, urls=urls).id
+        image_id = str(active(glance, *urls)["id"])
+        # With delayed delete an active image goes to pending_delete; one with no data
+        # (here: deleted while queued) straight to deleted.
         if wanted == "deleted":
-            assert glance.request("DELETE", f"/v2/images/{image_id}").status == 204
+            image_id = str(glance.create(name="q")["id"])
+        assert glance.request("DELETE", f"/v2/images/{image_id}").status == 204
         return image_id
 
-    reordered: list[dict[str, Any]] = [
-        {"url": u, "metadata": {}} for u in ("https://s/b.img", "https://s/a.img")
-    ]
+    reordered: list[dict[str, Any]] = [{"url": u, "metadata": {}} for u in reversed(urls)]
     answers = (
         glance.patch(image_in(status), {"op": "remove", "path": "/locations/0"}),
         glance.patch(image_in(status), add("https://s/c.img")),
         glance.patch(image_in(status), {"op": "replace", "path": "/locations", "value": reordered}),
     )
-    conflict = _documented("IMAGE_STATUS_CONFLICT")
+    conflict = _documented("IMAGE_STATUS_CONFLICT", "RemoveLocation")
+    assert conflict == 409
     expected = {
         "queued": (conflict, 200, 200),
         "active": (200, 200, 200),
-        "deactivated": (conflict, conflict, conflict),
         "deleted": (404, 404, 404),
-    }[status]
+        "pending_delete": (404, 404, 404),
+    }.get(status, (conflict, conflict, conflict))
     assert tuple(a.status for a in answers) == expected, [a.text for a in answers]
 
 
@@ -369,6 +384,14 @@ def test_the_image_api_217_location_calls(glance: Glance) -> None:
         },
     )
     assert algo.status == 400
+    for url in ("rbd://pool/image/snap", "file:///etc/passwd"):
+        not_http = glance.request("POST", f"/v2/images/{bad['id']}/locations", {"url": url})
+        assert not_http.status == _documented("HTTP_LOCATION_REQUIRED", "2.17") == 403
+        assert (
+            "http store must be enabled to use location API by normal user."
+            in (not_http.json()["message"])
+        )
+    assert glance.show(bad["id"])["status"] == "queued"
 
 
 def test_image_data_answers_501_saying_where_data_goes(glance: Glance) -> None:
@@ -402,7 +425,7 @@ def test_with_jwt_the_bearer_token_rides_in_x_auth_token_under_the_same_policies
     server.start()
     try:
         assert server.glance is not None
-        glance = Glance(server.glance.port)
+        glance = Glance(server.glance.port, f"127.0.0.1:{server.port}")
 
         def as_(project: str, *roles: str) -> dict[str, str]:
             return {"X-Auth-Token": issuer.token(project=project, roles=roles)}
@@ -416,7 +439,8 @@ def test_with_jwt_the_bearer_token_rides_in_x_auth_token_under_the_same_policies
         image = created.json()
         assert image["owner"] == "p1"
         path = f"/v2/images/{image['id']}"
-        assert glance.request("GET", path, headers=stranger).status == 404  # hidden: private
+        # hidden: shared (Glance's default on create) with no members
+        assert glance.request("GET", path, headers=stranger).status == 404
         public = glance.patch(
             image["id"], {"op": "replace", "path": "/visibility", "value": "public"}, **member
         )
@@ -431,5 +455,17 @@ def test_with_jwt_the_bearer_token_rides_in_x_auth_token_under_the_same_policies
         )
         assert owner.status == 403
         assert glance.show_as(path, member)["owner"] == "p1"
+        # 2.17's add-location takes a URL other than http(s) from a service only (Nova, Cinder).
+        rbd = {"url": "rbd://pool/image/snap"}
+        refused = glance.request("POST", f"{path}/locations", rbd, headers=member)
+        assert refused.status == 403
+        queued = {"op": "replace", "path": "/disk_format", "value": "raw"}
+        assert glance.patch(image["id"], queued, **member).status == 200
+        queued = {"op": "replace", "path": "/container_format", "value": "bare"}
+        assert glance.patch(image["id"], queued, **member).status == 200
+        service = as_("p1", "member", "service")
+        added = glance.request("POST", f"{path}/locations", rbd, headers=service)
+        assert added.status == 202, added.text
+        assert glance.show_as(path, member)["status"] == "active"
     finally:
         server.stop(None)

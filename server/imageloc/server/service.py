@@ -252,7 +252,7 @@ class ImageService:
                         return answered
                     raise DomainError(
                         Reason.IMAGE_EXISTS,
-                        f"Image with identifier {new_id} already exists!",
+                        f"Image ID {new_id} already exists!",
                         image_id=new_id,
                         field="id",
                     )
@@ -394,12 +394,20 @@ class ImageService:
         )
 
     def location_added_to_queued(
-        self, location: Location, *, validation_data: ValidationData | None = None
+        self,
+        location: Location,
+        *,
+        validation_data: ValidationData | None = None,
+        by_service: bool,
     ) -> Decision:
         """Glance 2.17's add-location: a queued image's first location."""
         check_validation_data_shape(validation_data)
         return lambda image: locations.add_location_to_queued(
-            image, location, validation_data=validation_data, policy=self._policy
+            image,
+            location,
+            validation_data=validation_data,
+            policy=self._policy,
+            by_service=by_service,
         )
 
     def location_removed(self, *, index: int | None = None, url: str | None = None) -> Decision:

@@ -67,6 +67,11 @@ class PolicyAccess:
         return self._principal.namespace
 
     @property
+    def service(self) -> bool:
+        """Whether the principal holds the `service` role."""
+        return self._service
+
+    @property
     def identity(self) -> str:
         """The principal, as a string (its hash is kept): what it may see depends on it alone."""
         return self._identity

@@ -83,6 +83,11 @@ class CallerAccess(Protocol):
         """Who the caller is, to share what it may see: equal identities see alike."""
         ...
 
+    @property
+    def service(self) -> bool:
+        """Whether the caller holds the `service` role (acts for the platform)."""
+        ...
+
     def authorize(self, image: Image) -> None:
         """Let this call act on image (which exists), or refuse."""
         ...
@@ -113,6 +118,7 @@ class Unrestricted:
 
     namespace = ""
     identity: Hashable = "unrestricted"
+    service = True
 
     def authorize(self, image: Image) -> None:
         """Everything is allowed."""

@@ -219,9 +219,11 @@ def add_location_to_queued(
     *,
     validation_data: ValidationData | None,
     policy: LocationPolicy,
+    by_service: bool,
 ) -> Image:
-    """Glance 2.17's add-location (POST /v2/images/{id}/locations): a queued image only,
-    whose validation data may use any of LOCATION_API_ALGORITHMS. Glance reads the data
+    """Glance 2.17's add-location (POST /v2/images/{id}/locations): a queued image only;
+    a caller without the service role (by_service), admins too, may give only an http(s)
+    URL; the validation data may use any of LOCATION_API_ALGORITHMS. Glance reads the data
     from the URL and checks the hashes later; here no data is read, so they are stored as
     given and the image is active at once."""
     if image.status is not S.QUEUED:
@@ -231,6 +233,14 @@ def add_location_to_queued(
             image_id=image.id,
             image_status=image.status,
             metadata={"allowedStatuses": S.QUEUED.value},
+        )
+    if not by_service and not location.url.startswith("http"):
+        raise DomainError(
+            Reason.HTTP_LOCATION_REQUIRED,
+            "http store must be enabled to use location API by normal user.",
+            image_id=image.id,
+            image_status=image.status,
+            field="location.url",
         )
     algorithm = validation_data.os_hash_algo if validation_data is not None else ""
     if algorithm and algorithm not in LOCATION_API_ALGORITHMS:

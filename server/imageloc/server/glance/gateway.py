@@ -325,7 +325,9 @@ class GlanceGateway:
         data = requests.validation_data_from_json(body.get("validation_data"))
 
         def work(service: ImageService, access: CallerAccess) -> Image:
-            decision = service.location_added_to_queued(location, validation_data=data)
+            decision = service.location_added_to_queued(
+                location, validation_data=data, by_service=access.service
+            )
             return service.apply(_known_id(image_id), [decision])
 
         await self._call(request, "AddLocation", work)

@@ -95,7 +95,8 @@ def create_arguments(body: Any) -> dict[str, Any]:
     """The keyword arguments of ImageService.create_image that a POST /v2/images body asks."""
     if not isinstance(body, dict):
         raise schema_error("the body is not a JSON object", "body")
-    arguments: dict[str, Any] = {"name": ""}
+    # Glance's default visibility on create is shared (ImageFactory.new_image); gRPC's private.
+    arguments: dict[str, Any] = {"name": "", "visibility": Visibility.SHARED}
     properties: dict[str, str] = {}
     for key, value in body.items():
         if key in READ_ONLY:

@@ -49,6 +49,8 @@ REASON_CODES: dict[Reason, tuple[int, int]] = {
     R.RESERVED_PROPERTY: (C.INVALID_ARGUMENT, 403),
     R.PROPERTY_QUOTA_EXCEEDED: (C.RESOURCE_EXHAUSTED, 413),
     R.TAG_QUOTA_EXCEEDED: (C.RESOURCE_EXHAUSTED, 413),
+    # Glance: "http store must be enabled to use location API by normal user.", 403.
+    R.HTTP_LOCATION_REQUIRED: (C.PERMISSION_DENIED, 403),
 }
 
 #: Where Glance answers a refusal of one action with another status: a refused deactivate
