@@ -26,6 +26,8 @@ S = ImageStatus
 ADD_STATUSES = frozenset({S.ACTIVE, S.QUEUED})
 REPLACE_STATUSES = frozenset({S.ACTIVE, S.QUEUED})
 REMOVE_STATUSES = frozenset({S.ACTIVE})
+#: Glance 2.17's add-location call.
+QUEUED_ADD_STATUSES = frozenset({S.QUEUED})
 
 
 def _require_status(image: Image, allowed: frozenset[ImageStatus], verb: str) -> None:
@@ -226,14 +228,7 @@ def add_location_to_queued(
     URL; the validation data may use any of LOCATION_API_ALGORITHMS. Glance reads the data
     from the URL and checks the hashes later; here no data is read, so they are stored as
     given and the image is active at once."""
-    if image.status is not S.QUEUED:
-        raise DomainError(
-            Reason.IMAGE_STATUS_CONFLICT,
-            f"It's not allowed to add locations if image status is {image.status}.",
-            image_id=image.id,
-            image_status=image.status,
-            metadata={"allowedStatuses": S.QUEUED.value},
-        )
+    _require_status(image, QUEUED_ADD_STATUSES, "add")
     if not by_service and not location.url.startswith("http"):
         raise DomainError(
             Reason.HTTP_LOCATION_REQUIRED,
