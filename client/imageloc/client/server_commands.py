@@ -35,6 +35,18 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         " ($IMAGELOC_GLANCE_LISTEN)",
     )
     serve.add_argument(
+        "--metrics-listen",
+        metavar="ADDR",
+        help="serve Prometheus metrics on http://host:port/metrics; off by default"
+        " ($IMAGELOC_METRICS_LISTEN)",
+    )
+    serve.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        help="the server log: text lines, or one JSON object a line (default text;"
+        " $IMAGELOC_LOG_FORMAT)",
+    )
+    serve.add_argument(
         "--property-quota",
         type=int,
         metavar="N",
@@ -193,6 +205,8 @@ def _settings(args: argparse.Namespace) -> Settings:
             "listen": args.listen,
             "location_quota": args.location_quota,
             "glance_listen": args.glance_listen,
+            "metrics_listen": args.metrics_listen,
+            "log_format": args.log_format,
             "property_quota": args.property_quota,
             "tag_quota": args.tag_quota,
             "drain_seconds": args.drain_seconds,

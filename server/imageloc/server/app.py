@@ -29,6 +29,9 @@ from imageloc.server.config import Settings
 from imageloc.server.event_loop import LoopThread
 from imageloc.server.glance.gateway import GlanceGateway
 from imageloc.server.maintenance import Maintenance
+from imageloc.server.observability import logs
+from imageloc.server.observability.metrics import Metrics, MetricsEndpoint, ScrapeSources
+from imageloc.server.observability.tracing import Tracing
 from imageloc.server.rpc.drain import Admission
 from imageloc.server.rpc.health import DrainingHealth
 from imageloc.server.rpc.servicer import ImageServicer, add_to_server
@@ -100,9 +103,16 @@ class Server:
     #: Glance's Image API v2 over HTTP, when settings.glance_listen asks for it.
     glance: GlanceGateway | None = None
     glance_listen: str = ""
+    metrics: Metrics = dataclasses.field(default_factory=Metrics.disabled)
+    #: Prometheus /metrics, once started, when settings.metrics_listen asks for it.
+    metrics_endpoint: MetricsEndpoint | None = None
+    metrics_listen: str = ""
+    tracing: Tracing = dataclasses.field(default_factory=Tracing)
 
     def start(self) -> None:
         """Accept calls; health follows the store from now on, the feed the change log."""
+        if self.metrics_listen:
+            self.metrics_endpoint = self.metrics.serve(self.metrics_listen)
         self.loop.run(self._start())
         self.maintenance.start()
 
@@ -137,6 +147,10 @@ class Server:
         self.loop.run(self.store.close_loop_connections())
         self.store.dispose()
         self.loop.close()
+        if self.metrics_endpoint is not None:
+            self.metrics_endpoint.stop()
+            self.metrics_endpoint = None
+        self.tracing.shutdown()
 
     async def _drain(self, deadline: float) -> None:
         self.admission.close()
@@ -169,7 +183,14 @@ def build_server(settings: Settings) -> Server:
     psycopg's AsyncConnection.
     """
     security = Security.from_settings(settings)
-    store = SqlStore(settings.database_url, event_loop=True, loop_pool_size=settings.max_workers)
+    metrics = Metrics(enabled=bool(settings.metrics_listen))
+    tracing = Tracing.from_environment()
+    store = SqlStore(
+        settings.database_url,
+        event_loop=True,
+        loop_pool_size=settings.max_workers,
+        on_commit_batch=metrics.commit_batch,
+    )
     try:
         if store.is_embedded:
             store.upgrade()
@@ -185,7 +206,11 @@ def build_server(settings: Settings) -> Server:
         limits=settings.record_limits,
     )
     calls: StoreCalls = (
-        InlineCalls(max_wait_seconds=SQLITE_BUSY_TIMEOUT_MS / 1000, durable=store.durable)
+        InlineCalls(
+            max_wait_seconds=SQLITE_BUSY_TIMEOUT_MS / 1000,
+            durable=store.durable,
+            on_wait=metrics.lock_waited,
+        )
         if store.is_embedded
         else LoopCalls()
     )
@@ -194,7 +219,9 @@ def build_server(settings: Settings) -> Server:
         server, health_servicer, admission, port, feed = loop.run(
             _grpc_server(
                 settings,
-                ImageServicer(service, security.authority, security.audit),
+                ImageServicer(
+                    service, security.authority, security.audit, metrics=metrics, tracing=tracing
+                ),
                 calls,
                 security.credentials,
                 loop.idle_seconds,
@@ -205,7 +232,14 @@ def build_server(settings: Settings) -> Server:
         store.dispose()
         raise
     glance = (
-        GlanceGateway(service, security.authority, calls, audit=security.audit, on_write=feed.wake)
+        GlanceGateway(
+            service,
+            security.authority,
+            calls,
+            audit=security.audit,
+            on_write=feed.wake,
+            metrics=metrics,
+        )
         if settings.glance_listen
         else None
     )
@@ -219,6 +253,16 @@ def build_server(settings: Settings) -> Server:
         retention=datetime.timedelta(seconds=settings.request_retention_seconds),
         change_retention=datetime.timedelta(seconds=settings.watch_retention_seconds),
     )
+    verifier = security.verifier
+    metrics.read_on_scrape(
+        ScrapeSources(
+            token_cache=None
+            if verifier is None
+            else lambda: (verifier.cache_hits, verifier.cache_misses),
+            watch=lambda: (feed.streams, feed.lag()),
+            health=health_servicer.serving,
+        )
+    )
     return Server(
         grpc_server=server,
         port=port,
@@ -230,6 +274,9 @@ def build_server(settings: Settings) -> Server:
         feed=feed,
         glance=glance,
         glance_listen=settings.glance_listen,
+        metrics=metrics,
+        metrics_listen=settings.metrics_listen,
+        tracing=tracing,
     )
 
 
@@ -290,7 +337,7 @@ def serve(settings: Settings) -> NoReturn:
     ends at once, its open transactions rolled back by the database, instead of waiting
     for the worker threads as a normal interpreter exit would.
     """
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure(settings.log_format)
     redact.install()  # no URL credentials nor tokens in any line of the log
     server = build_server(settings)
     stopping = threading.Event()
@@ -313,6 +360,8 @@ def serve(settings: Settings) -> NoReturn:
     )
     if server.glance is not None:
         log.info("Glance Image API v2 on http://%s", settings.glance_listen)
+    if server.metrics_endpoint is not None:
+        log.info("Prometheus metrics on http://%s/metrics", settings.metrics_listen)
     stopping.wait()
     server.stop(settings.grace_seconds, drain=settings.drain_seconds)
     log.info("imageloc stopped")

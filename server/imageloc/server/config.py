@@ -59,6 +59,10 @@ class Settings:
     service_identities: frozenset[str] = frozenset()
     policy_file: str = ""
     audit_log: str = ""
+    # Observability (docs/operations.md): Prometheus /metrics on host:port (empty: off), and
+    # the server log's format. Traces follow the standard OTEL_* variables.
+    metrics_listen: str = ""
+    log_format: str = "text"
 
     def check(self) -> None:
         """Refuse settings that cannot serve safely; ValueError says why, in one line."""
@@ -66,6 +70,10 @@ class Settings:
             raise ValueError("--watch-progress-seconds must be above 0")
         if not self.watch_retention_seconds > 0:
             raise ValueError("--watch-retention-seconds must be above 0")
+        if self.log_format not in LOG_FORMATS:
+            raise ValueError(
+                f"--log-format must be one of {', '.join(LOG_FORMATS)}, not {self.log_format!r}"
+            )
         if self.auth not in AUTH_MODES:
             raise ValueError(f"--auth must be one of {', '.join(AUTH_MODES)}, not {self.auth!r}")
         for flag, listen in (("", self.listen), ("--glance-listen ", self.glance_listen)):
@@ -110,6 +118,8 @@ class Settings:
         return cls(
             listen=env.get("IMAGELOC_LISTEN", base.listen),
             glance_listen=env.get("IMAGELOC_GLANCE_LISTEN", base.glance_listen),
+            metrics_listen=env.get("IMAGELOC_METRICS_LISTEN", base.metrics_listen),
+            log_format=env.get("IMAGELOC_LOG_FORMAT", base.log_format),
             database_url=env.get("IMAGELOC_DATABASE", base.database_url),
             location_quota=int(env.get("IMAGELOC_LOCATION_QUOTA", base.location_quota)),
             property_quota=int(env.get("IMAGELOC_PROPERTY_QUOTA", base.property_quota)),
@@ -141,6 +151,9 @@ class Settings:
 
 #: The values of --auth.
 AUTH_MODES = ("none", "jwt")
+
+#: The values of --log-format.
+LOG_FORMATS = ("text", "json")
 
 #: Text settings read as they are from IMAGELOC_<NAME> (--jwks-file is IMAGELOC_JWKS_FILE).
 PATHS = (

@@ -34,6 +34,8 @@ class Security:
     authority: Authority
     audit: AuditLog
     credentials: grpc.ServerCredentials | None
+    #: The bearer-token verifier, with --auth jwt.
+    verifier: TokenVerifier | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Security:
@@ -64,7 +66,7 @@ class Security:
         authority = Authority(
             policy, verifier=verifier, service_identities=settings.service_identities
         )
-        return cls(authority=authority, audit=audit, credentials=credentials)
+        return cls(authority=authority, audit=audit, credentials=credentials, verifier=verifier)
 
 
 def _verifier(settings: Settings) -> TokenVerifier:

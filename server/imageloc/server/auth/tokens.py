@@ -497,6 +497,9 @@ class TokenVerifier:
         self._lock = threading.Lock()
         self._cache: dict[bytes, _Cached] = {}
         self._generation = keys.generation
+        # Verifications answered from the cache, and by checking the signature (metrics).
+        self.cache_hits = 0
+        self.cache_misses = 0
 
     def verify(self, authorization: str | None) -> TokenClaims:
         """The claims of a valid token; AuthenticationError with its cause otherwise."""
@@ -512,9 +515,11 @@ class TokenVerifier:
         now = self._clock()
         if cached is not None:
             if now < cached.valid_until:
+                self.cache_hits += 1
                 return cached.claims
             with self._lock:
                 cache.pop(digest, None)
+        self.cache_misses += 1
         claims = self._verify_uncached(token, now=now)
         self._remember(digest, _Cached(claims, claims.expires_at + self._leeway), generation)
         return claims

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -24,9 +25,10 @@ from imageloc.server.domain.errors import DomainError, Reason
 from imageloc.server.domain.model import Image
 from imageloc.server.glance import documents, requests
 from imageloc.server.glance.errors import error_response
+from imageloc.server.observability.metrics import Metrics
 from imageloc.server.rpc.errors import http_status_of_refusal
 from imageloc.server.rpc.methods import METHODS
-from imageloc.server.rpc.servicer import refusal_status
+from imageloc.server.rpc.servicer import count_refusal, refusal_status
 from imageloc.server.rpc.store_calls import StoreCalls
 from imageloc.server.service import ImageService, page_token_after
 
@@ -67,12 +69,14 @@ class GlanceGateway:
         *,
         audit: AuditLog | None = None,
         on_write: Callable[[], None] = lambda: None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._service = service
         self._authority = authority
         self._calls = calls
         self._audit = audit
         self._on_write = on_write
+        self._metrics = metrics or Metrics.disabled()
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -132,6 +136,28 @@ class GlanceGateway:
     async def _middleware(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
+        """Each request answered (_answer), and counted by its route's template."""
+        began = time.perf_counter()
+        code = 500
+        try:
+            response = await self._answer(request, handler)
+            code = response.status
+            return response
+        except web.HTTPException as redirect:
+            code = redirect.status
+            raise
+        finally:
+            resource = request.match_info.route.resource
+            self._metrics.http_request(
+                method=request.method,
+                route=resource.canonical if resource is not None else "(unmatched)",
+                code=code,
+                seconds=time.perf_counter() - began,
+            )
+
+    async def _answer(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
         given = request.headers.get("X-OpenStack-Request-ID", "")
         request_id = given if _REQUEST_ID.match(given) else f"req-{uuid.uuid4()}"
         request[_REQUEST_ID_KEY] = request_id
@@ -159,6 +185,7 @@ class GlanceGateway:
         except Exception as error:  # a refusal before the call (a bad query), or a bug
             status = refusal_status(error, f"glance {request.method} {request.path}")
             code, reason = http_status_of_refusal(status)
+            count_refusal(self._metrics, status)
             return error_response(
                 code,
                 status.message,
@@ -363,6 +390,7 @@ class GlanceGateway:
         except Exception as error:
             status = refusal_status(error, "glance")
             code, reason = http_status_of_refusal(status)
+            count_refusal(self._metrics, status)
             raise RefusedError(code, status.message, reason) from None
 
     def _access(self, principal: Principal, rpc: str) -> CallerAccess:
@@ -392,6 +420,7 @@ class GlanceGateway:
         except Exception as error:  # refusal_status logs what is a bug
             status = refusal_status(error, rpc)
             code, reason = http_status_of_refusal(status)
+            count_refusal(self._metrics, status)
             self._audited(rpc, principal, request, f"HTTP {code}", reason)
             raise RefusedError(code, status.message, reason) from None
         if writes:

@@ -25,6 +25,14 @@ class DrainingHealth(HealthServicer):  # type: ignore[misc]
         super().__init__()
         self._admission = admission
 
+    def serving(self) -> dict[str, bool]:
+        """Each service name set (the server's is "") and whether it is SERVING now."""
+        statuses = getattr(self, "_server_status", {})
+        return {
+            name: status == health_pb2.HealthCheckResponse.SERVING
+            for name, status in dict(statuses).items()
+        }
+
     async def Check(  # noqa: N802 - the RPC's name
         self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> health_pb2.HealthCheckResponse:

@@ -7,10 +7,12 @@ every RPC (`ImageServicer.serve`, by the facts in rpc.methods); the handlers onl
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 import inspect
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, NoReturn, TypeVar
 
@@ -33,6 +35,9 @@ from imageloc.server.domain.ports import (
     StoreBusyError,
     StoreUnavailableError,
 )
+from imageloc.server.observability import logs
+from imageloc.server.observability.metrics import Metrics
+from imageloc.server.observability.tracing import Tracing
 from imageloc.server.rpc import convert
 from imageloc.server.rpc.drain import Admission
 from imageloc.server.rpc.errors import (
@@ -141,27 +146,41 @@ def _asynchronous(
     """servicer's handler `name` as a coroutine: its refusals become rich statuses."""
     handler = inspect.unwrap(getattr(type(servicer), name))
     writes = METHODS[name].writes
+    observed = servicer.metrics.rpc(SERVICE.full_name, name)
 
     async def handle(
         request: Message | UnreadableRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> Any:
-        if not await admission.enter():
-            await abort_async(context, STOPPING)
+        observed.started()
+        observed.received()
+        began = time.perf_counter()
+        code = "OK"
         try:
-            response = await calls.run(
-                lambda: servicer.serve(handler, request, context, retry_busy=True)
-            )
-        except Refused as refused:
-            status = refused.status
-        except BusyCallError as busy:  # calls gave up trying again
-            status = busy.refuse().status
-        else:
-            if writes:
-                on_write()
-            return response
+            if not await admission.enter():
+                code = "UNAVAILABLE"
+                await abort_async(context, STOPPING)
+            try:
+                response = await calls.run(
+                    lambda: servicer.serve(handler, request, context, retry_busy=True)
+                )
+            except Refused as refused:
+                status = refused.status
+            except BusyCallError as busy:  # calls gave up trying again
+                status = busy.refuse().status
+            else:
+                if writes:
+                    on_write()
+                observed.sent()
+                return response
+            finally:
+                admission.leave()
+            code = code_name(status)
+            await abort_async(context, status)
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
         finally:
-            admission.leave()
-        await abort_async(context, status)
+            observed.handled(code, time.perf_counter() - began)
 
     handle.__name__ = name
     return handle
@@ -198,6 +217,11 @@ async def abort_async(
     raise AssertionError("context.abort returned")  # pragma: no cover
 
 
+def code_name(status: status_pb2.Status) -> str:
+    """The name of status's code, as grpc.StatusCode names it (OK, NOT_FOUND...)."""
+    return code_pb2.Code.Name(status.code)
+
+
 def abort_with(context: grpc.ServicerContext, status: status_pb2.Status) -> NoReturn:
     """End the call with status, its details in grpc-status-details-bin."""
     rich = rpc_status.to_status(status)
@@ -230,6 +254,19 @@ def refusal_status(error: Exception, method: str) -> status_pb2.Status:
     # A bug, not a refusal: log it whole, and still answer with an ErrorInfo.
     log.error("unexpected error in %s", method, exc_info=error)
     return server_status(code_pb2.INTERNAL, INTERNAL_REASON, "Internal server error.", 500)
+
+
+def count_refusal(metrics: Metrics, status: status_pb2.Status) -> str:
+    """Count the refusal status in metrics (by reason; a store error or an authentication
+    failure by its kind or cause too); its ErrorInfo reason."""
+    info = _error_info(status)
+    metrics.refused(info.reason)
+    kind = STORE_ERROR_KINDS.get(info.reason)
+    if kind is not None:
+        metrics.store_error(kind)
+    elif info.reason == UNAUTHENTICATED_REASON:
+        metrics.auth_failed(info.metadata.get("cause", ""))
+    return info.reason
 
 
 def refusals(handler: Handler[Req, Resp]) -> GrpcHandler[Req, Resp]:
@@ -269,6 +306,14 @@ class Call:
         return convert.image_to_proto(image, locations_shown=self.access.sees_locations(image))
 
 
+#: The refusals that are the store failing, by the kind imageloc_store_errors_total counts.
+STORE_ERROR_KINDS = {
+    UNAVAILABLE_REASON: "unavailable",
+    DEADLINE_REASON: "deadline",
+    CONCURRENT_UPDATE_REASON: "contention",
+    INTERNAL_REASON: "internal",
+}
+
 #: ErrorInfo reasons whose refusals of a read are audited too.
 _AUDITED_REFUSALS = frozenset({UNAUTHENTICATED_REASON, "POLICY_DENIED"})
 
@@ -307,10 +352,15 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
         service: ImageService,
         authority: Authority | None = None,
         audit: AuditLog | None = None,
+        *,
+        metrics: Metrics | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self._service = service
         self._authority = authority or Authority(GlancePolicy.load())
         self._audit = audit
+        self.metrics = metrics or Metrics.disabled()
+        self._tracing = tracing or Tracing()
 
     def serve(
         self,
@@ -328,10 +378,34 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
         when the store is busy (the caller may try the call again).
         """
         method = METHODS[rpc or handler.__name__]
+        with (
+            self._tracing.server_span(method.name, context.invocation_metadata() or ()),
+            logs.call_facts(rpc=method.name),
+        ):
+            return self._serve(method, handler, request, context, retry_busy=retry_busy)
+
+    def _serve(
+        self,
+        method: Method,
+        handler: Callable[[ImageServicer, Req, Call], Out],
+        request: Req | UnreadableRequest,
+        context: Any,
+        *,
+        retry_busy: bool,
+    ) -> Out:
         principal: Principal | None = None
+        logs.note(
+            imageId=_image_id(request),
+            requestId=str(getattr(request, "request_id", "")),
+        )
         try:
             readable = acceptable(request)
             principal = self._authority.principal(_authorization(context), context.auth_context)
+            logs.note(
+                sub=principal.user_id,
+                project=principal.project_id,
+                serviceIdentity=principal.service_identity,
+            )
             access = self._authority.access(
                 principal,
                 rule=method.policy,
@@ -367,15 +441,23 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
         principal: Principal | None,
         error: Exception,
     ) -> Refused:
-        """The refusal that answers error, audited."""
+        """The refusal that answers error, counted, logged and audited."""
         status = refusal_status(error, method.name)
-        reason = _reason_of(status)
+        reason = count_refusal(self.metrics, status)
+        image_id = _image_id(request)
+        log.info(
+            "refused %s: %s %s",
+            method.name,
+            code_pb2.Code.Name(status.code),
+            reason,
+            extra={"rpc": method.name, "imageId": image_id, "reason": reason},
+        )
         if self._audit is None or (not method.writes and reason not in _AUDITED_REFUSALS):
             return Refused(status)
         self._audit.record(
             rpc=method.name,
             principal=principal,
-            image_id=_image_id(request),
+            image_id=image_id,
             code=code_pb2.Code.Name(status.code),
             reason=reason,
             request_id=str(getattr(request, "request_id", "")),
@@ -549,9 +631,10 @@ def _request_key(method: Method, request: Any, access: CallerAccess) -> RequestK
     return RequestKey(request.request_id, fingerprint(request), namespace=access.namespace)
 
 
-def _reason_of(status: status_pb2.Status) -> str:
+def _error_info(status: status_pb2.Status) -> error_details_pb2.ErrorInfo:
+    """The status's ErrorInfo (an empty one if it has none)."""
+    info = error_details_pb2.ErrorInfo()
     for detail in status.details:
-        info = error_details_pb2.ErrorInfo()
         if detail.Unpack(info):
-            return info.reason
-    return ""
+            return info
+    return info

@@ -42,27 +42,51 @@ class InlineCalls:
     committed: a refusal may have been decided on them too.
     """
 
-    def __init__(self, *, max_wait_seconds: float, durable: Callable[[], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        *,
+        max_wait_seconds: float,
+        durable: Callable[[], Awaitable[None]],
+        on_wait: Callable[[float], None] = lambda seconds: None,
+    ) -> None:
         self._max_wait = max_wait_seconds
         self._durable = durable
+        self._on_wait = on_wait  # told how long each call that waited for the lock waited
 
     async def run(self, call: Callable[[], T]) -> T:
+        try:
+            outcome = call()
+        except StoreBusyError as busy:
+            return await self._run_waiting(call, busy)
+        except Exception:
+            await self._durable()
+            raise
+        await self._durable()
+        return outcome
+
+    async def _run_waiting(self, call: Callable[[], T], busy: StoreBusyError) -> T:
+        """call, tried again after growing pauses while another process holds the lock;
+        the last StoreBusyError once max_wait_seconds would pass."""
         pause = FIRST_RETRY_SECONDS
-        give_up = time.monotonic() + self._max_wait
-        while True:
-            try:
-                outcome = call()
-            except StoreBusyError:
-                if time.monotonic() + pause > give_up:
+        began = time.monotonic()
+        give_up = began + self._max_wait
+        try:
+            while time.monotonic() + pause <= give_up:
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, MAX_RETRY_SECONDS)
+                try:
+                    outcome = call()
+                except StoreBusyError as again:
+                    busy = again
+                    continue
+                except Exception:
+                    await self._durable()
                     raise
-            except Exception:
-                await self._durable()
-                raise
-            else:
                 await self._durable()
                 return outcome
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, MAX_RETRY_SECONDS)
+            raise busy
+        finally:
+            self._on_wait(time.monotonic() - began)
 
 
 class LoopCalls:

@@ -6,22 +6,26 @@ and authorization the servicer's (serve), the conversions rpc.convert's.
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import time
 from collections.abc import Awaitable, Callable, Hashable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 
 from imageloc.server.domain.access import CallerAccess
-from imageloc.server.domain.errors import DomainError
+from imageloc.server.domain.errors import DomainError, Reason
 from imageloc.server.domain.model import Change, ChangeType
 from imageloc.server.rpc import convert
 from imageloc.server.rpc.drain import Admission
 from imageloc.server.rpc.servicer import (
+    SERVICE,
     STOPPING,
     ImageServicer,
     Refused,
     abort_async,
+    code_name,
     refusal_status,
 )
 from imageloc.server.watch.feed import ChangeFeed, ReadChanges, StreamsClosedError
@@ -52,17 +56,34 @@ def watch_handler(
     """
 
     views = SharedViews()
-    selections: Selections[bytes, bytes] = Selections()
+    selections: Selections[bytes, Batch] = Selections()
+    metrics = servicer.metrics
+    observed = metrics.rpc(SERVICE.full_name, "WatchImages", streaming=True)
 
     async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        observed.started()
+        observed.received()
+        began = time.perf_counter()
+        ending = _Ending()
+        try:
+            await stream(request, context, ending)
+        except asyncio.CancelledError:
+            ending.code = "CANCELLED"
+            raise
+        finally:
+            observed.handled(ending.code, time.perf_counter() - began)
+
+    async def stream(
+        request: Any, context: grpc.aio.ServicerContext[Any, Any], ending: _Ending
+    ) -> None:
         await admission.pass_through()
         try:
             watch = servicer.serve(ImageServicer.prepare_watch, request, context, rpc="WatchImages")
         except Refused as refused:
-            await _abort(context, refused.status)
+            await _abort(context, refused.status, ending)
             return
         access = watch.call.access
-        stream = batches(
+        responses = batches(
             feed,
             read,
             selections,
@@ -74,14 +95,19 @@ def watch_handler(
             progress_seconds=progress_seconds,
         )
         try:
-            async for response in stream:
-                await context.write(response)
+            async for response in responses:
+                await context.write(response.data)
+                observed.sent()
+                metrics.watch_sent(response.events)
         except StreamsClosedError:
-            await _abort(context, STOPPING)
+            await _abort(context, STOPPING, ending)
         except DomainError as error:
-            await _abort(context, refusal_status(error, "WatchImages"))
+            metrics.refused(error.reason)
+            if error.reason is Reason.WATCHER_TOO_SLOW:
+                metrics.watch_too_slow()
+            await _abort(context, refusal_status(error, "WatchImages"), ending)
         finally:  # the caller went away, the stream was refused or the server stops
-            await stream.aclose()
+            await responses.aclose()
 
     handle.__name__ = "WatchImages"
     return handle
@@ -123,11 +149,18 @@ class SharedViews:
         return view
 
 
-def _response(events: Sequence[bytes], revision: int) -> bytes:
+class Batch(NamedTuple):
+    """A WatchImagesResponse, encoded, and how many events it carries."""
+
+    data: bytes
+    events: int
+
+
+def _response(events: Sequence[bytes], revision: int) -> Batch:
     """The WatchImagesResponse of events (SharedViews.of's) at revision, encoded."""
     if not revision:
-        return b"".join(events)
-    return b"".join((*events, _REVISION_TAG, _varint(revision)))
+        return Batch(b"".join(events), len(events))
+    return Batch(b"".join((*events, _REVISION_TAG, _varint(revision))), len(events))
 
 
 # WatchImagesResponse's wire format: events = 1 (length-delimited), revision = 2 (varint).
@@ -155,7 +188,16 @@ def _event(change: Change, locations_shown: bool) -> pb.ImageEvent:
     )
 
 
-async def _abort(context: grpc.aio.ServicerContext[Any, Any], status: Any) -> None:
+class _Ending:
+    """How a stream ended, for its metrics: the name of its status code."""
+
+    code = "OK"
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], status: Any, ending: _Ending) -> None:
     """End the stream with status, unless the caller has gone already."""
-    if not (context.cancelled() or context.done()):
-        await abort_async(context, status)
+    if context.cancelled() or context.done():
+        ending.code = "CANCELLED"
+        return
+    ending.code = code_name(status)
+    await abort_async(context, status)

@@ -38,9 +38,17 @@ class LoopConnections:
     nothing is acknowledged that is not on disk, and one COMMIT serves the whole turn.
     """
 
-    def __init__(self, engine: Engine, *, on_failed_commit: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        on_failed_commit: Callable[[], None],
+        on_commit: Callable[[int], None] = lambda units: None,
+    ) -> None:
         self._engine = engine
         self._on_failed_commit = on_failed_commit  # the turn's revisions will be taken again
+        self._on_commit = on_commit  # told how many units of work each COMMIT made durable
+        self._units = 0  # in this turn's transaction
         self._pooled: list[PoolProxiedConnection] = []
         self._reader: sqlite3.Connection | None = None
         self._writer: sqlite3.Connection | None = None
@@ -74,6 +82,7 @@ class LoopConnections:
             self._commit.add_done_callback(_retrieved)
             loop.call_soon(self._commit_turn)
         _JOINED.set(self._commit)
+        self._units += 1
         connection.execute("SAVEPOINT unit_of_work")
         return Driver(connection, postgresql=False)
 
@@ -124,6 +133,7 @@ class LoopConnections:
 
     def _commit_turn(self) -> None:
         commit, self._commit = self._commit, None
+        units, self._units = self._units, 0
         if commit is None or commit.done():
             return
         assert self._writer is not None
@@ -135,9 +145,11 @@ class LoopConnections:
             commit.set_exception(error)
         else:
             commit.set_result(None)
+            self._on_commit(units)
 
     def _fail_turn(self, error: StoreUnavailableError) -> None:
         commit, self._commit = self._commit, None
+        self._units = 0
         self._rollback()
         if commit is not None and not commit.done():
             commit.set_exception(error)

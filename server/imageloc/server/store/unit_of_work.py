@@ -291,7 +291,14 @@ class SqlStore:
     committing its own transaction. Housekeeping and migrations use the blocking engine.
     """
 
-    def __init__(self, url: str, *, event_loop: bool = False, loop_pool_size: int = 16) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        event_loop: bool = False,
+        loop_pool_size: int = 16,
+        on_commit_batch: Callable[[int], None] = lambda units: None,
+    ) -> None:
         self.url = url
         self.engine = create_engine_from_url(url)
         self._loop_connections: LoopConnections | None = None
@@ -303,7 +310,7 @@ class SqlStore:
             self._loop_engine = LoopEngine(url, pool_size=loop_pool_size)
         elif event_loop and not is_memory_sqlite(self.engine.url):
             self._loop_connections = LoopConnections(
-                self.engine, on_failed_commit=self._committed.forget
+                self.engine, on_failed_commit=self._committed.forget, on_commit=on_commit_batch
             )
 
     @property

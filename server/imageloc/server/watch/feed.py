@@ -52,6 +52,15 @@ class StreamsClosedError(Exception):
     """The server is stopping: every stream ends (UNAVAILABLE, and its client resumes)."""
 
 
+class Follower:
+    """One open stream, as the feed sees it: the revision it has sent up to."""
+
+    __slots__ = ("position",)
+
+    def __init__(self, position: int) -> None:
+        self.position = position
+
+
 class ChangeFeed:
     """The newest RING_SIZE changes, and the store revision this process has caught up to.
 
@@ -78,6 +87,7 @@ class ChangeFeed:
         self._idle_seen: tuple[float, float] | None = None
         self._busy: float | None = None  # the loop's busy share, smoothed (from its first)
         self._streams = 0  # streams open (follow)
+        self._followers: set[Follower] = set()  # their positions
         self._waiting = 0  # streams waiting in changed()
         self._released = 0  # how many the last release woke
         self.tick_seconds = tick_seconds
@@ -150,15 +160,31 @@ class ChangeFeed:
         return [change for change in ring if change.revision > revision]
 
     @contextlib.contextmanager
-    def following(self) -> Iterator[None]:
+    def following(self) -> Iterator[Follower]:
         """Count a stream open while in the block: with none open, the feed reads only
         the head and keeps no changes (a stream that opens later reads what it missed
-        from the store, as one from further back does)."""
+        from the store, as one from further back does). The stream keeps the revision it
+        has sent up to in the Follower (lag reads them)."""
+        follower = Follower(self.head.revision)
         self._streams += 1
+        self._followers.add(follower)
         try:
-            yield
+            yield follower
         finally:
             self._streams -= 1
+            self._followers.discard(follower)
+
+    @property
+    def streams(self) -> int:
+        """How many streams are open."""
+        return self._streams
+
+    def lag(self) -> int:
+        """How many revisions the slowest open stream is behind the head (0 with none)."""
+        followers = tuple(self._followers)  # read from the metrics' thread too
+        if not followers:
+            return 0
+        return max(0, self.head.revision - min(f.position for f in followers))
 
     async def changed(self) -> None:
         """Return once the head moves on, the streams must end, or a tick has passed."""

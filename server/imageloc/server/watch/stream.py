@@ -159,7 +159,7 @@ async def batches(
     """
     ids = frozenset(image_ids)
     # The feed keeps changes while streams are open, and selects them for each viewer's.
-    with feed.following(), selections.watching(ids, viewer):
+    with feed.following() as follower, selections.watching(ids, viewer):
         await feed.ready()
         if start_revision == 0 or start_revision > feed.head.revision:
             # "From now" is the store's now, not the feed's last read; and a newer revision
@@ -193,6 +193,7 @@ async def batches(
         # A progress response is due when the next tick would come too late for it.
         progress_due = max(0.0, progress_seconds - feed.tick_seconds)
         yield render((), position)
+        follower.position = position  # once written: a stream held up by its caller lags
         sent_at = clock()
         while True:
             if feed.closed:
@@ -228,3 +229,4 @@ async def batches(
             if response is not None:
                 yield response
                 sent_at = clock()
+            follower.position = position
