@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 BREAKING_AGAINST ?= HEAD~1
 
-.PHONY: serve test bench check lint typecheck proto-lint generate check-generated pytest clean node-typecheck node-test
+.PHONY: serve test bench check lint typecheck proto-lint generate check-generated pytest prometheus clean node-typecheck node-test
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -59,8 +59,14 @@ check-generated: $(STAMP) $(NODE_STAMP)
 	if diff -r $$tmp/generated generated; then rm -rf $$tmp; \
 	else rm -rf $$tmp; echo "generated/ is stale: run 'make generate' and commit"; exit 1; fi
 
-pytest: $(STAMP)
+pytest: $(STAMP) prometheus
 	$(BIN)/pytest
+
+## The real Prometheus tests/test_metrics.py scrapes the server with (Debian's package).
+prometheus:
+	@command -v prometheus >/dev/null || { \
+	  apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
 
 node-typecheck: $(NODE_STAMP)
 	npm run typecheck

@@ -168,6 +168,8 @@ def throughput(args: argparse.Namespace) -> int:
         modes: dict[str, tuple[list[str], str]] = {"none": ([], "")}
         if args.auth == "jwt":
             modes["jwt"] = dev_credentials(tmp)
+        if args.metrics:  # port 0: each of --processes picks its own
+            modes["metrics"] = (["--metrics-listen", "127.0.0.1:0"], "")
         servers = {
             label: stack.enter_context(started(args, tmp, env, label, mode))
             for label, mode in modes.items()
@@ -212,7 +214,17 @@ def throughput(args: argparse.Namespace) -> int:
             rss_start=plain.rss_start, rss_end=rss_end,
         )  # fmt: skip
         if "jwt" in results:
-            report_auth(results["none"], results["jwt"])
+            report_against(
+                results["none"], results["jwt"],
+                title="authentication and authorization (--auth jwt, a member's token) against"
+                " none", off="auth none", on="auth jwt", short="jwt / none",
+            )  # fmt: skip
+        if "metrics" in results:
+            report_against(
+                results["none"], results["metrics"],
+                title="Prometheus metrics (--metrics-listen) on against off", off="metrics off",
+                on="metrics on", short="on / off",
+            )  # fmt: skip
         if "envoy" in results:
             report_envoy(results["none"], results["envoy"])
         if "glance" in results:
@@ -473,22 +485,23 @@ def started(
         )
 
 
-def report_auth(plain: list[dict[str, Any]], authed: list[dict[str, Any]]) -> None:
-    """Each workload's throughput with JWT auth as a ratio of the same without."""
+def report_against(
+    plain: list[dict[str, Any]], other: list[dict[str, Any]], *, title: str, off: str, on: str,
+    short: str,
+) -> None:  # fmt: skip
+    """Each workload's throughput with a feature on (--auth jwt, metrics) as a ratio of the
+    same without, measured in the same run."""
     print()
-    print("authentication and authorization (--auth jwt, a member's token) against none:")
+    print(f"{title}:")
     print()
-    print(
-        "| workload | calls/s, auth none | calls/s, auth jwt | jwt / none | p99 ms, jwt"
-        " | errors, jwt |"
-    )
+    print(f"| workload | calls/s, {off} | calls/s, {on} | {short} | p99 ms, {on} | errors, {on} |")
     print("|---|---|---|---|---|---|")
-    for without, with_auth in zip(plain, authed, strict=True):
-        ratio = with_auth["calls_per_s"] / without["calls_per_s"]
-        errors = ", ".join(f"{k} {v}" for k, v in sorted(with_auth["errors"].items())) or "0"
+    for without, with_it in zip(plain, other, strict=True):
+        ratio = with_it["calls_per_s"] / without["calls_per_s"]
+        errors = ", ".join(f"{k} {v}" for k, v in sorted(with_it["errors"].items())) or "0"
         print(
             f"| {without['workload']} | {without['calls_per_s']:,.0f} "
-            f"| {with_auth['calls_per_s']:,.0f} | {ratio:.2f} | {with_auth['p99_ms']:.1f} "
+            f"| {with_it['calls_per_s']:,.0f} | {ratio:.2f} | {with_it['p99_ms']:.1f} "
             f"| {errors} |"
         )
 
@@ -661,6 +674,12 @@ def main() -> int:
         choices=("none", "jwt"),
         default="none",
         help="jwt: also serve with JWT auth and print each workload's ratio to the run without",
+    )
+    parser.add_argument(
+        "--metrics",
+        action="store_true",
+        help="also serve with Prometheus metrics on and print each workload's ratio to the"
+        " run without",
     )
     parser.add_argument(
         "--glance",

@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import jwt
 from cryptography.hazmat.primitives import serialization
@@ -24,6 +24,15 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from imageloc.client.auth_commands import algorithm_of, jwks_of, kid_of
 
 SigningKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
+
+
+class JwtSettings(TypedDict):
+    """The Settings of a server that trusts an Issuer: `Settings(..., **issuer.trusted_by())`."""
+
+    auth: str
+    jwks_file: str
+    token_issuer: str
+    token_audience: str
 
 
 def new_key(algorithm: str = "RS256") -> SigningKey:
@@ -99,6 +108,15 @@ class Issuer:
     @property
     def jwks_file(self) -> Path:
         return self.directory / "jwks.json"
+
+    def trusted_by(self) -> JwtSettings:
+        """The settings of a server with `--auth jwt` that trusts this issuer's tokens."""
+        return JwtSettings(
+            auth="jwt",
+            jwks_file=str(self.jwks_file),
+            token_issuer=self.issuer,
+            token_audience=self.audience,
+        )
 
     @property
     def kid(self) -> str:

@@ -36,17 +36,27 @@ def test_the_benchmark_runs_through_envoy_beside_direct_calls() -> None:
     assert "| GetImage |" in done.stdout.split("Through Envoy")[1]
 
 
-def test_the_benchmark_runs_the_glance_endpoint_beside_grpc() -> None:
+def rows_without_errors(flag: str, title: str) -> None:
+    """Run the benchmark --fast with flag; under title, GetImage and the location cycle
+    have a row each, and its last column (errors) is 0."""
     done = subprocess.run(
-        [sys.executable, str(BENCH), "--fast", "--glance", "--watchers", "0",
+        [sys.executable, str(BENCH), "--fast", flag, "--watchers", "0",
          "--workloads", "GetImage", "AddLocation+RemoveLocation", "--channels", "1"],
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
-    table = done.stdout.split("Glance Image API v2 over HTTP")[1]
+    table = done.stdout.split(title)[1]
     for workload in ("GetImage", "AddLocation+RemoveLocation"):
         row = next(line for line in table.splitlines() if line.startswith(f"| {workload} |"))
-        assert row.endswith("| 0 |"), row  # no errors over HTTP
+        assert row.endswith("| 0 |"), row
+
+
+def test_the_benchmark_runs_the_glance_endpoint_beside_grpc() -> None:
+    rows_without_errors("--glance", "Glance Image API v2 over HTTP")
+
+
+def test_the_benchmark_prints_the_cost_of_metrics_on_against_off() -> None:
+    rows_without_errors("--metrics", "Prometheus metrics (--metrics-listen) on against off")
 
 
 def test_the_scale_table_runs() -> None:

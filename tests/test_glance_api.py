@@ -415,10 +415,7 @@ def test_with_jwt_the_bearer_token_rides_in_x_auth_token_under_the_same_policies
     settings = Settings(
         listen="127.0.0.1:0",
         database_url=database_url,
-        auth="jwt",
-        jwks_file=str(issuer.jwks_file),
-        token_issuer="imageloc-test",
-        token_audience="imageloc",
+        **issuer.trusted_by(),
         glance_listen="127.0.0.1:0",
     )
     server = build_server(settings)

@@ -2,6 +2,7 @@
 
 Every method returns the resulting pb.Image (or a page / an iterator of them) and
 raises ImagelocError when the server refuses. Watching and waiting live in watch.py.
+Every call carries the OpenTelemetry context it is made in (opentelemetry-api only).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf import field_mask_pb2
 from google.protobuf.message import Message
+from opentelemetry import propagate
 
 from imageloc.client.channel import bearer_metadata, is_loopback, open_channel, tls_credentials
 from imageloc.client.convert import (
@@ -142,10 +144,16 @@ class ImageClient:
         except grpc.RpcError as err:
             raise from_rpc_error(err) from err
 
-    def _metadata(self) -> tuple[tuple[str, str]] | None:
-        """The call metadata carrying the token, when it does not go as call credentials."""
+    def _metadata(self) -> tuple[tuple[str, str], ...] | None:
+        """The call metadata: the token, when it does not go as call credentials, and the
+        OpenTelemetry context the call is made in (W3C traceparent and tracestate, by the
+        global propagator; nothing without a current span)."""
+        traced: dict[str, str] = {}
+        propagate.inject(traced)
         provider = self._token_provider
-        return None if provider is None else bearer_metadata(provider())
+        if provider is None:
+            return tuple(traced.items()) or None
+        return (*bearer_metadata(provider()), *traced.items())
 
     def _open_watch(
         self, request: pb.WatchImagesRequest, timeout: float | None

@@ -204,6 +204,7 @@ def build_server(settings: Settings) -> Server:
         policy=settings.location_policy,
         delayed_delete=settings.delayed_delete,
         limits=settings.record_limits,
+        observer=tracing.work_observer(on_retry=metrics.unit_of_work_retried),
     )
     calls: StoreCalls = (
         InlineCalls(
@@ -359,9 +360,12 @@ def serve(settings: Settings) -> NoReturn:
         "imageloc serving on %s:%d, store %s", host, server.port, _safe_url(settings.database_url)
     )
     if server.glance is not None:
-        log.info("Glance Image API v2 on http://%s", settings.glance_listen)
+        glance_host = settings.glance_listen.rsplit(":", 1)[0]
+        log.info("Glance Image API v2 on http://%s:%d", glance_host, server.glance.port)
     if server.metrics_endpoint is not None:
-        log.info("Prometheus metrics on http://%s/metrics", settings.metrics_listen)
+        metrics_host = settings.metrics_listen.rsplit(":", 1)[0]
+        port = server.metrics_endpoint.port
+        log.info("Prometheus metrics on http://%s:%d/metrics", metrics_host, port)
     stopping.wait()
     server.stop(settings.grace_seconds, drain=settings.drain_seconds)
     log.info("imageloc stopped")

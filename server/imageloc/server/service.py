@@ -34,6 +34,7 @@ from imageloc.server.domain.model import (
 )
 from imageloc.server.domain.policy import LocationPolicy
 from imageloc.server.domain.ports import (
+    UNOBSERVED,
     DeadlineExceededError,
     ListCursor,
     RequestKey,
@@ -41,6 +42,8 @@ from imageloc.server.domain.ports import (
     StoreHead,
     UnitOfWork,
     UnitOfWorkFactory,
+    WorkAttempts,
+    WorkObserver,
 )
 from imageloc.server.domain.record import ImageUpdate, RecordLimits
 from imageloc.server.domain.validation import check_validation_data_shape
@@ -97,8 +100,10 @@ class ImageService:
         request: RequestKey | None = None,
         access: CallerAccess = UNRESTRICTED,
         limits: RecordLimits = record.DEFAULT_LIMITS,
+        observer: WorkObserver = UNOBSERVED,
     ) -> None:
         self._uow = unit_of_work
+        self._observer = observer
         self._policy = policy
         self._limits = limits
         self._delayed_delete = delayed_delete
@@ -135,6 +140,7 @@ class ImageService:
             request=request,
             access=access,
             limits=self._limits,
+            observer=self._observer,
         )
 
     # Reads
@@ -142,7 +148,10 @@ class ImageService:
     def get_image(self, image_id: str) -> Image:
         """The image, unless unknown, deleted or pending_delete."""
         image_id = inputs.parse_image_id(image_id)
-        with self._uow(for_write=False, deadline=self._deadline, one_statement=True) as uow:
+        with (
+            self._observer.unit_of_work("get_image", writes=False, image_id=image_id),
+            self._uow(for_write=False, deadline=self._deadline, one_statement=True) as uow,
+        ):
             image = _visible(uow.images.get(image_id), image_id)
         self._access.authorize(image)
         return image
@@ -167,7 +176,10 @@ class ImageService:
         order = order or listing.parse_order(listing.DEFAULT_ORDER_TEXT)
         after = _decode_page_token(page_token, filters, order) if page_token else None
         scope = self._access.listing(filters.visibility)
-        with self._uow(for_write=False, deadline=self._deadline) as uow:
+        with (
+            self._observer.unit_of_work("list_images", writes=False),
+            self._uow(for_write=False, deadline=self._deadline) as uow,
+        ):
             found = list(
                 uow.images.list(
                     limit=limit + 1, after=after, filters=filters, order=order, scope=scope
@@ -240,7 +252,15 @@ class ImageService:
             virtual_size=record.check_virtual_size(virtual_size),
             properties=record.checked_properties(properties or {}, limits=self._limits),
         )
-        for _ in range(MAX_WRITE_ATTEMPTS):
+        with self._observer.unit_of_work("create_image", writes=True, image_id=new_id) as work:
+            return self._create(image, now, work)
+
+    def _create(self, image: Image, now: datetime.datetime, work: WorkAttempts) -> Image:
+        """Insert image, attempt after attempt, telling work of each retry."""
+        new_id = image.id
+        for attempt in range(MAX_WRITE_ATTEMPTS):
+            if attempt:
+                work.retried()
             self._check_deadline(new_id)
             with _retried(), self._uow(for_write=True, deadline=self._deadline) as uow:
                 if (answered := self._answered_before(uow)) is not None:
@@ -262,19 +282,22 @@ class ImageService:
 
     def update_image(self, image_id: str, update: ImageUpdate, *, etag: str | None = None) -> Image:
         """Set the record fields update names; a new visibility asks its own policy too."""
-        return self._mutate(image_id, etag, self.record_updated(update))
+        return self._mutate(image_id, etag, self.record_updated(update), use_case="update_image")
 
     def delete_image(self, image_id: str, *, etag: str | None = None) -> Image:
         """-> deleted, or pending_delete under delayed delete for an active image with locations."""
         return self._mutate(
-            image_id, etag, lambda image: status.delete(image, delayed_delete=self._delayed_delete)
+            image_id,
+            etag,
+            lambda image: status.delete(image, delayed_delete=self._delayed_delete),
+            use_case="delete_image",
         )
 
     # Lifecycle
 
     def begin_upload(self, image_id: str, *, etag: str | None = None) -> Image:
         """queued -> saving."""
-        return self._mutate(image_id, etag, status.begin_upload)
+        return self._mutate(image_id, etag, status.begin_upload, use_case="begin_upload")
 
     def complete_upload(
         self,
@@ -303,27 +326,28 @@ class ImageService:
             lambda image: locations.complete_upload(
                 image, location, size=size, hashes=hashes, policy=self._policy
             ),
+            use_case="complete_upload",
         )
 
     def fail_upload(self, image_id: str, *, etag: str | None = None) -> Image:
         """saving -> killed."""
-        return self._mutate(image_id, etag, status.fail_upload)
+        return self._mutate(image_id, etag, status.fail_upload, use_case="fail_upload")
 
     def stage_image(self, image_id: str, *, etag: str | None = None) -> Image:
         """queued -> uploading."""
-        return self._mutate(image_id, etag, status.stage)
+        return self._mutate(image_id, etag, status.stage, use_case="stage_image")
 
     def begin_import(self, image_id: str, *, etag: str | None = None) -> Image:
         """queued or uploading -> importing."""
-        return self._mutate(image_id, etag, status.begin_import)
+        return self._mutate(image_id, etag, status.begin_import, use_case="begin_import")
 
     def deactivate_image(self, image_id: str, *, etag: str | None = None) -> Image:
         """active -> deactivated."""
-        return self._mutate(image_id, etag, status.deactivate)
+        return self._mutate(image_id, etag, status.deactivate, use_case="deactivate_image")
 
     def reactivate_image(self, image_id: str, *, etag: str | None = None) -> Image:
         """deactivated -> active."""
-        return self._mutate(image_id, etag, status.reactivate)
+        return self._mutate(image_id, etag, status.reactivate, use_case="reactivate_image")
 
     # Locations
 
@@ -338,7 +362,7 @@ class ImageService:
     ) -> Image:
         """Insert a location (append when index is None)."""
         decide = self.location_added(location, index=index, validation_data=validation_data)
-        return self._mutate(image_id, etag, decide)
+        return self._mutate(image_id, etag, decide, use_case="add_location")
 
     def remove_location(
         self,
@@ -349,7 +373,9 @@ class ImageService:
         etag: str | None = None,
     ) -> Image:
         """Remove the location at index, or the first with url; exactly one is given."""
-        return self._mutate(image_id, etag, self.location_removed(index=index, url=url))
+        return self._mutate(
+            image_id, etag, self.location_removed(index=index, url=url), use_case="remove_location"
+        )
 
     def replace_locations(
         self,
@@ -361,7 +387,7 @@ class ImageService:
     ) -> Image:
         """Set the whole location list."""
         decide = self.locations_replaced(new_locations, validation_data=validation_data)
-        return self._mutate(image_id, etag, decide)
+        return self._mutate(image_id, etag, decide, use_case="replace_locations")
 
     # Decisions, each checked as far as it can be before the image is read; apply() runs
     # several in one unit of work (the Glance endpoint's PATCH documents).
@@ -455,7 +481,7 @@ class ImageService:
                 image = decision(image)
             return image
 
-        return self._mutate(image_id, etag, decide, also=also)
+        return self._mutate(image_id, etag, decide, also=also, use_case="apply")
 
     # The one write path
 
@@ -465,10 +491,26 @@ class ImageService:
         etag: str | None,
         decide: Decision,
         *,
+        use_case: str,
         also: Sequence[CallerAccess] = (),
     ) -> Image:
         image_id = inputs.parse_image_id(image_id)
-        for _ in range(MAX_WRITE_ATTEMPTS):
+        with self._observer.unit_of_work(use_case, writes=True, image_id=image_id) as work:
+            return self._decided(image_id, etag, decide, also=also, work=work)
+
+    def _decided(
+        self,
+        image_id: str,
+        etag: str | None,
+        decide: Decision,
+        *,
+        also: Sequence[CallerAccess],
+        work: WorkAttempts,
+    ) -> Image:
+        """Load, decide, save and commit, attempt after attempt, telling work of each retry."""
+        for attempt in range(MAX_WRITE_ATTEMPTS):
+            if attempt:
+                work.retried()
             self._check_deadline(image_id)
             # Another attempt of this request recorded first: the next attempt answers it.
             with _retried(), self._uow(for_write=True, deadline=self._deadline) as uow:

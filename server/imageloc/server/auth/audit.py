@@ -1,17 +1,22 @@
 """The audit log: one JSON line per mutation and per refused credential or policy.
 
-Standard library and the domain only. Never holds a token or a location URL.
+Standard library, the domain and observability.logs (whose JSON line it shares: time,
+level, logger, message) only. Never holds a token or a location URL.
 """
 
 from __future__ import annotations
 
-import datetime
 import json
 import sys
 import threading
-from typing import IO
+import time
+from typing import IO, Any
 
 from imageloc.server.domain.access import Principal
+from imageloc.server.observability import logs
+
+#: The `logger` of an audit line, as the JSON log names the logger of each of its lines.
+LOGGER = "imageloc.audit"
 
 
 class AuditLog:
@@ -39,8 +44,11 @@ class AuditLog:
         request_id: str,
     ) -> None:
         """Write one line: who did what to which image, and how it ended."""
-        entry = {
-            "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds"),
+        entry: dict[str, Any] = {
+            "time": logs.timestamp(time.time()),
+            "level": "INFO",
+            "logger": LOGGER,
+            "message": " ".join(word for word in ("audit", rpc, code, reason) if word),
             "audit": "imageloc",
             "rpc": rpc,
             "sub": principal.user_id if principal else "",
@@ -52,6 +60,8 @@ class AuditLog:
             "reason": reason,
             "requestId": request_id,
         }
+        if trace_id := logs.trace_id():
+            entry["traceId"] = trace_id
         line = json.dumps(entry, separators=(",", ":")) + "\n"
         with self._lock:
             self._stream.write(line)

@@ -10,6 +10,7 @@ import datetime
 import functools
 import hashlib
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import Any, Protocol, Self
 
@@ -186,6 +187,51 @@ class UnitOfWorkFactory(Protocol):
         """one_statement: a reader that makes one statement (GetImage, the change feed), its own
         snapshot: PostgreSQL runs it outside a transaction, in one round trip."""
         ...
+
+
+class WorkAttempts(Protocol):
+    """What a use case tells of its unit of work while the work runs."""
+
+    def retried(self) -> None:
+        """The work lost a race (or found its request recorded meanwhile) and runs again."""
+        ...
+
+
+class WorkObserver(Protocol):
+    """Watches each use case's unit of work (traces and metrics implement it)."""
+
+    def unit_of_work(
+        self, name: str, *, writes: bool, image_id: str = ""
+    ) -> AbstractContextManager[WorkAttempts]:
+        """The block in which use case `name` does its work, every attempt of it; image_id
+        is the image it is about, when one is known before the work starts."""
+        ...
+
+
+class UnobservedWork:
+    """The WorkObserver that watches nothing: one object, so it costs no allocation."""
+
+    def unit_of_work(self, name: str, *, writes: bool, image_id: str = "") -> UnobservedWork:
+        """This object: entering and leaving it does nothing."""
+        return self
+
+    def __enter__(self) -> UnobservedWork:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
+    def retried(self) -> None:
+        """Nothing is told."""
+
+
+#: The default WorkObserver of the use cases.
+UNOBSERVED = UnobservedWork()
 
 
 class RequestRecordedMeanwhileError(Exception):

@@ -25,6 +25,7 @@ from imageloc.server.domain.errors import DomainError, Reason
 from imageloc.server.domain.model import Image
 from imageloc.server.glance import documents, requests
 from imageloc.server.glance.errors import error_response
+from imageloc.server.observability import logs
 from imageloc.server.observability.metrics import Metrics
 from imageloc.server.rpc.errors import http_status_of_refusal
 from imageloc.server.rpc.methods import METHODS
@@ -161,40 +162,52 @@ class GlanceGateway:
         given = request.headers.get("X-OpenStack-Request-ID", "")
         request_id = given if _REQUEST_ID.match(given) else f"req-{uuid.uuid4()}"
         request[_REQUEST_ID_KEY] = request_id
-        headers = {"x-openstack-request-id": request_id}
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "(unmatched)"
+        with logs.call_facts(
+            rpc=f"glance:{request.method} {route}",
+            imageId=request.match_info.get("image_id", ""),
+            requestId=request_id,
+        ):
+            headers = {"x-openstack-request-id": request_id}
+            response, reason = await self._respond(request, handler, headers)
+            if response.status >= 400:
+                facts = logs.current_facts()
+                code = f"HTTP {response.status}"
+                logs.refused(log, facts["rpc"], code, reason, facts.get("imageId", ""))
+            return response
+
+    async def _respond(
+        self,
+        request: web.Request,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+        headers: dict[str, str],
+    ) -> tuple[web.StreamResponse, str]:
+        """handler's response, or the error page of its refusal and its ErrorInfo reason;
+        headers on either."""
+        accept = request.headers.get("Accept", "")
         try:
             response = await handler(request)
         except RefusedError as refusal:
-            return error_response(
-                refusal.code,
-                refusal.message,
-                accept=request.headers.get("Accept", ""),
-                reason=refusal.reason,
-                headers=headers,
+            page = error_response(
+                refusal.code, refusal.message, accept=accept, reason=refusal.reason, headers=headers
             )
+            return page, refusal.reason
         except web.HTTPException as error:  # aiohttp's own: unknown route, wrong method
             if error.status < 400:  # a redirect
-                error.headers["x-openstack-request-id"] = request_id
+                error.headers.update(headers)
                 raise
-            return error_response(
-                error.status,
-                error.reason,
-                accept=request.headers.get("Accept", ""),
-                headers=headers,
-            )
+            return error_response(error.status, error.reason, accept=accept, headers=headers), ""
         except Exception as error:  # a refusal before the call (a bad query), or a bug
             status = refusal_status(error, f"glance {request.method} {request.path}")
             code, reason = http_status_of_refusal(status)
             count_refusal(self._metrics, status)
-            return error_response(
-                code,
-                status.message,
-                accept=request.headers.get("Accept", ""),
-                reason=reason,
-                headers=headers,
+            page = error_response(
+                code, status.message, accept=accept, reason=reason, headers=headers
             )
-        response.headers["x-openstack-request-id"] = request_id
-        return response
+            return page, reason
+        response.headers.update(headers)
+        return response, ""
 
     # Discovery, without a token.
 
@@ -386,12 +399,18 @@ class GlanceGateway:
     async def _principal(self, request: web.Request) -> Principal:
         token = request.headers.get("X-Auth-Token", "")
         try:
-            return self._authority.principal(f"Bearer {token}" if token else None, dict)
+            principal = self._authority.principal(f"Bearer {token}" if token else None, dict)
         except Exception as error:
             status = refusal_status(error, "glance")
             code, reason = http_status_of_refusal(status)
             count_refusal(self._metrics, status)
             raise RefusedError(code, status.message, reason) from None
+        logs.note(
+            sub=principal.user_id,
+            project=principal.project_id,
+            serviceIdentity=principal.service_identity,
+        )
+        return principal
 
     def _access(self, principal: Principal, rpc: str) -> CallerAccess:
         method = METHODS[rpc]
@@ -409,6 +428,7 @@ class GlanceGateway:
     ) -> tuple[T, CallerAccess]:
         """work's result on this call's service and the caller's access, or its refusal as
         Glance's status (the ErrorInfo's httpStatus, as the gRPC API reports it)."""
+        logs.note(rpc=f"glance:{request.method} {rpc}")  # as its audit line names it
         principal = principal or await self._principal(request)
         access = self._access(principal, rpc)
         service = self._service.for_call(seconds_left=CALL_SECONDS, access=access)

@@ -158,6 +158,8 @@ def _asynchronous(
         try:
             if not await admission.enter():
                 code = "UNAVAILABLE"
+                reason = count_refusal(servicer.metrics, STOPPING)
+                logs.refused(log, name, code, reason, _image_id(request))
                 await abort_async(context, STOPPING)
             try:
                 response = await calls.run(
@@ -445,13 +447,7 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
         status = refusal_status(error, method.name)
         reason = count_refusal(self.metrics, status)
         image_id = _image_id(request)
-        log.info(
-            "refused %s: %s %s",
-            method.name,
-            code_pb2.Code.Name(status.code),
-            reason,
-            extra={"rpc": method.name, "imageId": image_id, "reason": reason},
-        )
+        logs.refused(log, method.name, code_pb2.Code.Name(status.code), reason, image_id)
         if self._audit is None or (not method.writes and reason not in _AUDITED_REFUSALS):
             return Refused(status)
         self._audit.record(

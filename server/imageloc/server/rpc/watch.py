@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Any, NamedTuple
@@ -17,6 +18,7 @@ import grpc
 from imageloc.server.domain.access import CallerAccess
 from imageloc.server.domain.errors import DomainError, Reason
 from imageloc.server.domain.model import Change, ChangeType
+from imageloc.server.observability import logs
 from imageloc.server.rpc import convert
 from imageloc.server.rpc.drain import Admission
 from imageloc.server.rpc.servicer import (
@@ -26,11 +28,14 @@ from imageloc.server.rpc.servicer import (
     Refused,
     abort_async,
     code_name,
+    count_refusal,
     refusal_status,
 )
 from imageloc.server.watch.feed import ChangeFeed, ReadChanges, StreamsClosedError
 from imageloc.server.watch.stream import Selections, batches
 from imageloc.v1 import image_service_pb2 as pb
+
+log = logging.getLogger(__name__)
 
 _EVENT_TYPES = {
     ChangeType.CREATED: pb.IMAGE_EVENT_TYPE_CREATED,
@@ -102,10 +107,12 @@ def watch_handler(
         except StreamsClosedError:
             await _abort(context, STOPPING, ending)
         except DomainError as error:
-            metrics.refused(error.reason)
+            status = refusal_status(error, "WatchImages")
+            count_refusal(metrics, status)
             if error.reason is Reason.WATCHER_TOO_SLOW:
                 metrics.watch_too_slow()
-            await _abort(context, refusal_status(error, "WatchImages"), ending)
+            logs.refused(log, "WatchImages", code_name(status), error.reason)
+            await _abort(context, status, ending)
         finally:  # the caller went away, the stream was refused or the server stops
             await responses.aclose()
 
