@@ -233,12 +233,19 @@ def test_a_refused_glance_http_call_is_logged_with_its_route_image_id_request_id
     assert (refused["code"], refused["reason"]) == ("HTTP 404", "IMAGE_NOT_FOUND")
 
 
+@pytest.mark.parametrize("asked_by", ["flags", "IMAGELOC_ variables"])
 def test_the_lines_of_endpoints_on_port_0_name_the_ports_they_listen_on(
-    tmp_path: pathlib.Path,
+    tmp_path: pathlib.Path, asked_by: str
 ) -> None:
     flags = ["--log-format", "json", "--metrics-listen", "127.0.0.1:0", "--glance-listen",
              "127.0.0.1:0"]  # fmt: skip
-    with logged_server(tmp_path, *flags) as (_, stderr):
+    env = {"IMAGELOC_LOG_FORMAT": "json", "IMAGELOC_METRICS_LISTEN": "127.0.0.1:0",
+           "IMAGELOC_GLANCE_LISTEN": "127.0.0.1:0"}  # fmt: skip
+    if asked_by == "flags":
+        env = {}
+    else:
+        flags = []
+    with logged_server(tmp_path, *flags, env=env) as (_, stderr):
         wait_for_line(stderr, "Prometheus metrics on")
         entries = json_lines(stderr.read_text())
         [metrics] = with_message(entries, "Prometheus metrics on")

@@ -5,6 +5,7 @@ reason). Prometheus is Debian's package, which `make test` installs."""
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import shutil
 import socket
@@ -25,6 +26,7 @@ from imageloc.server.config import Settings
 from imageloc.v1 import image_service_pb2 as pb
 from imageloc.v1 import image_service_pb2_grpc as pb_grpc
 
+from processes import IMAGELOC, TEST_ENV
 from support import make_image, migrate
 
 SERVICE = "imageloc.v1.ImageService"
@@ -335,3 +337,20 @@ def test_authentication_failures_by_cause_and_the_token_cache(
         assert _value(samples, "imageloc_token_cache_hits_total") == 2.0
     finally:
         built.stop(None)
+
+
+@pytest.mark.parametrize("flag", ["--metrics-listen", "--glance-listen"])
+@pytest.mark.parametrize("address", ["nonsense", "127.0.0.1:99999", "127.0.0.1:http", ":9464"])
+def test_an_http_listen_address_that_is_no_host_port_refuses_the_start_in_one_line(
+    tmp_path: pathlib.Path, flag: str, address: str
+) -> None:
+    done = subprocess.run(
+        [str(IMAGELOC), "serve", "--listen", "127.0.0.1:0",
+         "--database", f"sqlite:///{tmp_path / 'imageloc.db'}", flag, address],
+        env={**os.environ, **TEST_ENV}, capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [
+        f"error: {flag} must be HOST:PORT with a port of 0 to 65535, not {address!r}"
+    ]
+    assert not (tmp_path / "imageloc.db").exists()  # refused before anything was done

@@ -76,6 +76,14 @@ class Settings:
             )
         if self.auth not in AUTH_MODES:
             raise ValueError(f"--auth must be one of {', '.join(AUTH_MODES)}, not {self.auth!r}")
+        for flag, address in (
+            ("--glance-listen", self.glance_listen),
+            ("--metrics-listen", self.metrics_listen),
+        ):
+            if address and not _is_host_port(address):
+                raise ValueError(
+                    f"{flag} must be HOST:PORT with a port of 0 to 65535, not {address!r}"
+                )
         for flag, listen in (("", self.listen), ("--glance-listen ", self.glance_listen)):
             open_to_all = self.auth == "none" and not self.allow_unauthenticated
             if listen and open_to_all and not is_loopback(listen):
@@ -191,3 +199,9 @@ def parse_bool(text: str) -> bool:
 def parse_schemes(text: str) -> frozenset[str]:
     """A comma-separated list of URL schemes, lowercased."""
     return frozenset(part.strip().lower() for part in text.split(",") if part.strip())
+
+
+def _is_host_port(address: str) -> bool:
+    """Whether address is HOST:PORT (an IPv6 host in brackets) with a port of 0 to 65535."""
+    host, _, port = address.rpartition(":")
+    return bool(host.strip("[]")) and port.isascii() and port.isdigit() and int(port) <= 65535
