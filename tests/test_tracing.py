@@ -184,6 +184,21 @@ def test_a_refused_call_ends_its_span_in_error_with_its_code_and_reason(
     assert work.attributes["imageloc.reason"] == "IMAGE_NOT_FOUND"
 
 
+def test_a_watch_has_a_server_span_for_its_start_in_the_callers_trace(
+    client: ImageClient, spans: InMemorySpanExporter, caller: Tracer
+) -> None:
+    image = client.create_image("cirros")
+    with caller.start_as_current_span("follow") as outer, client.watch_images([image.id]):
+        pass
+    started = only(spans, f"{SERVICE}/WatchImages")
+    assert started.kind is SpanKind.SERVER
+    assert started.context is not None
+    assert started.parent is not None
+    assert started.context.trace_id == outer.get_span_context().trace_id
+    assert started.parent.span_id == outer.get_span_context().span_id
+    assert dict(started.attributes or {})["rpc.grpc.status_code"] == 0
+
+
 def test_a_call_made_outside_any_span_starts_a_trace_of_its_own(
     client: ImageClient, spans: InMemorySpanExporter
 ) -> None:
