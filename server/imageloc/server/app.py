@@ -355,17 +355,14 @@ def serve(settings: Settings) -> NoReturn:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     server.start()
-    host = settings.listen.rsplit(":", 1)[0]
-    log.info(
-        "imageloc serving on %s:%d, store %s", host, server.port, _safe_url(settings.database_url)
-    )
+    store = _safe_url(settings.database_url)
+    log.info("imageloc serving on %s, store %s", _bound(settings.listen, server.port), store)
     if server.glance is not None:
-        glance_host = settings.glance_listen.rsplit(":", 1)[0]
-        log.info("Glance Image API v2 on http://%s:%d", glance_host, server.glance.port)
+        glance = _bound(settings.glance_listen, server.glance.port)
+        log.info("Glance Image API v2 on http://%s", glance)
     if server.metrics_endpoint is not None:
-        metrics_host = settings.metrics_listen.rsplit(":", 1)[0]
-        port = server.metrics_endpoint.port
-        log.info("Prometheus metrics on http://%s:%d/metrics", metrics_host, port)
+        metrics = _bound(settings.metrics_listen, server.metrics_endpoint.port)
+        log.info("Prometheus metrics on http://%s/metrics", metrics)
     stopping.wait()
     server.stop(settings.grace_seconds, drain=settings.drain_seconds)
     log.info("imageloc stopped")
@@ -373,6 +370,11 @@ def serve(settings: Settings) -> NoReturn:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def _bound(listen: str, port: int) -> str:
+    """listen's host with the port it is bound to (the one picked for port 0)."""
+    return f"{listen.rsplit(':', 1)[0]}:{port}"
 
 
 def _safe_url(url: str) -> str:

@@ -9,7 +9,7 @@ import dataclasses
 import datetime
 import functools
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import Any, Protocol, Self
@@ -209,7 +209,11 @@ class WorkObserver(Protocol):
 
 
 class UnobservedWork:
-    """The WorkObserver that watches nothing: one object, so it costs no allocation."""
+    """A WorkObserver that keeps no record of the work: retries go to on_retry alone
+    (nowhere by default). Stateless, so one object serves every unit of work."""
+
+    def __init__(self, on_retry: Callable[[], None] = lambda: None) -> None:
+        self._on_retry = on_retry
 
     def unit_of_work(self, name: str, *, writes: bool, image_id: str = "") -> UnobservedWork:
         """This object: entering and leaving it does nothing."""
@@ -227,7 +231,8 @@ class UnobservedWork:
         return None
 
     def retried(self) -> None:
-        """Nothing is told."""
+        """Tell on_retry."""
+        self._on_retry()
 
 
 #: The default WorkObserver of the use cases.

@@ -161,11 +161,11 @@ def configure(log_format: str) -> None:
     standard error itself (gRPC's C core) are log records too, so that every line the
     process writes is a JSON object.
     """
-    if log_format != "json":
-        logging.basicConfig(level=logging.INFO, handlers=[handler(log_format)], force=True)
-        return
-    _route_native_stderr()
+    if log_format == "json":
+        _route_native_stderr()  # first: the handler writes to the sys.stderr it leaves
     logging.basicConfig(level=logging.INFO, handlers=[handler(log_format)], force=True)
+    if log_format != "json":
+        return
     logging.captureWarnings(True)
     sys.excepthook = _log_uncaught
     threading.excepthook = _log_thread_exception

@@ -13,7 +13,6 @@ import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 
-from google.protobuf import descriptor_pool, message_factory
 from opentelemetry import trace
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
@@ -28,7 +27,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from imageloc.server.config import ConfigError
-from imageloc.server.domain.ports import WorkAttempts, WorkObserver
+from imageloc.server.domain.ports import UnobservedWork, WorkAttempts, WorkObserver
 
 #: The gRPC service every server span is of (rpc.service).
 RPC_SERVICE = "imageloc.v1.ImageService"
@@ -135,7 +134,7 @@ class Tracing:
         """The use cases' WorkObserver: a child span per unit of work, when tracing is on;
         on_retry is told of every retry either way (the retries metric)."""
         if self._tracer is None:
-            return _CountedWork(on_retry)
+            return UnobservedWork(on_retry)
         return _WorkSpans(self._tracer, on_retry)
 
     def shutdown(self) -> None:
@@ -148,26 +147,6 @@ def current_trace_id() -> str:
     """The current span's trace id as 32 hex digits, or "" without a valid span."""
     context = trace.get_current_span().get_span_context()
     return trace.format_trace_id(context.trace_id) if context.is_valid else ""
-
-
-class _CountedWork:
-    """A WorkObserver without spans: retries go to on_retry alone. Stateless, so one object
-    serves every unit of work."""
-
-    def __init__(self, on_retry: Callable[[], None]) -> None:
-        self._on_retry = on_retry
-
-    def unit_of_work(self, name: str, *, writes: bool, image_id: str = "") -> _CountedWork:
-        return self
-
-    def __enter__(self) -> _CountedWork:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        return None
-
-    def retried(self) -> None:
-        self._on_retry()
 
 
 class _Attempts:
@@ -213,15 +192,16 @@ class _WorkSpans:
 
 
 def _refused(span: Span, error: BaseException) -> None:
-    """Mark span as ended by error: a refusal (an exception with a google.rpc `status`) by
-    its code and ErrorInfo reason, anything else by its type."""
+    """Mark span as ended by error: a refusal (an exception with a google.rpc `status` and
+    its ErrorInfo `reason`) by its code and reason, anything else by its type."""
     status = getattr(error, "status", None)
     code = getattr(status, "code", None)
     if not isinstance(code, int):
         _failed(span, error)
         return
     span.set_attribute("rpc.grpc.status_code", code)
-    if reason := _error_info_reason(status):
+    reason = getattr(error, "reason", "")
+    if isinstance(reason, str) and reason:
         span.set_attribute("imageloc.reason", reason)
     span.set_status(Status(StatusCode.ERROR, str(getattr(status, "message", ""))))
 
@@ -234,25 +214,6 @@ def _failed(span: Span, error: BaseException) -> None:
     if isinstance(reason, str) and reason:
         span.set_attribute("imageloc.reason", reason)
     span.set_status(Status(StatusCode.ERROR, kind.__name__))
-
-
-def _error_info_reason(status: object) -> str:
-    """The reason of the ErrorInfo among status's details, or "".
-
-    Found through protobuf's descriptor pool, where the error mapping registered
-    ErrorInfo: only rpc.errors and the servicer import google.rpc.
-    """
-    for packed in getattr(status, "details", ()):
-        if not str(getattr(packed, "type_url", "")).endswith("/google.rpc.ErrorInfo"):
-            continue
-        try:
-            descriptor = descriptor_pool.Default().FindMessageTypeByName("google.rpc.ErrorInfo")
-        except KeyError:
-            return ""
-        info = message_factory.GetMessageClass(descriptor)()
-        if packed.Unpack(info):
-            return str(getattr(info, "reason", ""))
-    return ""
 
 
 def _exporters_asked(environ: Mapping[str, str]) -> list[str]:

@@ -158,8 +158,7 @@ def _asynchronous(
         try:
             if not await admission.enter():
                 code = "UNAVAILABLE"
-                reason = count_refusal(servicer.metrics, STOPPING)
-                logs.refused(log, name, code, reason, _image_id(request))
+                report_refusal(servicer.metrics, STOPPING, name, _image_id(request))
                 await abort_async(context, STOPPING)
             try:
                 response = await calls.run(
@@ -200,6 +199,11 @@ class Refused(Exception):  # noqa: N818 - a refusal, not a failure of ours
     def __init__(self, status: status_pb2.Status) -> None:
         super().__init__(status.message)
         self.status = status
+
+    @property
+    def reason(self) -> str:
+        """The ErrorInfo reason of the status (the span of the call reads it)."""
+        return _error_info(self.status).reason
 
 
 class BusyCallError(StoreBusyError):
@@ -256,6 +260,16 @@ def refusal_status(error: Exception, method: str) -> status_pb2.Status:
     # A bug, not a refusal: log it whole, and still answer with an ErrorInfo.
     log.error("unexpected error in %s", method, exc_info=error)
     return server_status(code_pb2.INTERNAL, INTERNAL_REASON, "Internal server error.", 500)
+
+
+def report_refusal(
+    metrics: Metrics, status: status_pb2.Status, rpc: str, image_id: str = ""
+) -> str:
+    """Count the refusal status of a call of rpc (count_refusal) and log its INFO line;
+    its ErrorInfo reason."""
+    reason = count_refusal(metrics, status)
+    logs.refused(log, rpc, code_name(status), reason, image_id)
+    return reason
 
 
 def count_refusal(metrics: Metrics, status: status_pb2.Status) -> str:
@@ -445,16 +459,15 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
     ) -> Refused:
         """The refusal that answers error, counted, logged and audited."""
         status = refusal_status(error, method.name)
-        reason = count_refusal(self.metrics, status)
         image_id = _image_id(request)
-        logs.refused(log, method.name, code_pb2.Code.Name(status.code), reason, image_id)
+        reason = report_refusal(self.metrics, status, method.name, image_id)
         if self._audit is None or (not method.writes and reason not in _AUDITED_REFUSALS):
             return Refused(status)
         self._audit.record(
             rpc=method.name,
             principal=principal,
             image_id=image_id,
-            code=code_pb2.Code.Name(status.code),
+            code=code_name(status),
             reason=reason,
             request_id=str(getattr(request, "request_id", "")),
         )

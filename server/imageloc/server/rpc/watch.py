@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Any, NamedTuple
@@ -18,7 +17,6 @@ import grpc
 from imageloc.server.domain.access import CallerAccess
 from imageloc.server.domain.errors import DomainError, Reason
 from imageloc.server.domain.model import Change, ChangeType
-from imageloc.server.observability import logs
 from imageloc.server.rpc import convert
 from imageloc.server.rpc.drain import Admission
 from imageloc.server.rpc.servicer import (
@@ -28,14 +26,12 @@ from imageloc.server.rpc.servicer import (
     Refused,
     abort_async,
     code_name,
-    count_refusal,
     refusal_status,
+    report_refusal,
 )
 from imageloc.server.watch.feed import ChangeFeed, ReadChanges, StreamsClosedError
 from imageloc.server.watch.stream import Selections, batches
 from imageloc.v1 import image_service_pb2 as pb
-
-log = logging.getLogger(__name__)
 
 _EVENT_TYPES = {
     ChangeType.CREATED: pb.IMAGE_EVENT_TYPE_CREATED,
@@ -108,10 +104,9 @@ def watch_handler(
             await _abort(context, STOPPING, ending)
         except DomainError as error:
             status = refusal_status(error, "WatchImages")
-            count_refusal(metrics, status)
+            report_refusal(metrics, status, "WatchImages")
             if error.reason is Reason.WATCHER_TOO_SLOW:
                 metrics.watch_too_slow()
-            logs.refused(log, "WatchImages", code_name(status), error.reason)
             await _abort(context, status, ending)
         finally:  # the caller went away, the stream was refused or the server stops
             await responses.aclose()
